@@ -1,0 +1,25 @@
+"""Shared test set-up: keep Jupyter, IPython and matplotlib out of $HOME, and find the repo."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_STATE = REPO / "build" / "test-state"
+for var, sub in {
+    "JUPYTER_CONFIG_DIR": "jupyter/config",
+    "JUPYTER_DATA_DIR": "jupyter/data",
+    "JUPYTER_RUNTIME_DIR": "jupyter/runtime",
+    "IPYTHONDIR": "ipython",
+    "MPLCONFIGDIR": "matplotlib",
+}.items():
+    os.environ.setdefault(var, str(_STATE / sub))
+    Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
