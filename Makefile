@@ -63,8 +63,10 @@ test: setup
 
 ## lab: JupyterLab in the venv, nbgrader's extensions enabled.
 lab: setup
-	$(VENV)/bin/jupyter server extension enable --sys-prefix nbgrader
-	$(VENV)/bin/jupyter lab
+	@# pip installs nbgrader's lab and server extensions enabled; show them before starting
+	@$(VENV)/bin/jupyter labextension list 2>&1 | grep "@jupyter/nbgrader"
+	@$(VENV)/bin/jupyter server extension list 2>&1 | grep "nbgrader.server_extensions"
+	$(VENV)/bin/jupyter lab --notebook-dir=$(CURDIR)
 
 clean:
 	rm -rf build
