@@ -106,7 +106,7 @@ def entropy(probs: torch.Tensor, dim: int = -1) -> torch.Tensor:
         raise ValueError("probs must be finite and non-negative")
     if not torch.allclose(probs.sum(dim=dim), torch.ones((), dtype=probs.dtype), atol=1e-4):
         raise ValueError(f"probs must sum to 1 along dim={dim}")
-    return -torch.special.xlogy(probs, probs).sum(dim=dim)
+    return 0.0 - torch.special.xlogy(probs, probs).sum(dim=dim)  # 0.0 - x, not -x: no -0.0 for a one-hot
 
 
 def smoothed_target(labels, num_classes: int, label_smoothing: float) -> torch.Tensor:
@@ -134,3 +134,48 @@ def cross_entropy_floor(num_classes: int, label_smoothing: float) -> float:
     """
     q = smoothed_target(torch.zeros(1, dtype=torch.long), num_classes, label_smoothing)
     return entropy(q[0]).item()
+
+
+def plot_confusion_matrix(cm, class_names=None, ax=None, normalize: str | None = None, title: str | None = None, cmap: str = "Blues"):
+    """Heat map of a confusion matrix (rows actual, columns predicted), each cell annotated.
+
+    ``normalize="true"`` divides each row by its sum, so the diagonal shows per-class recall;
+    ``normalize="pred"`` divides each column, so the diagonal shows per-class precision;
+    ``None`` shows the counts.
+    """
+    import matplotlib.pyplot as plt
+
+    from utils.plotting import set_style
+
+    counts = _check_confusion(cm)
+    if normalize not in (None, "true", "pred"):
+        raise ValueError(f"normalize must be None, 'true' or 'pred', got {normalize!r}")
+    k = counts.shape[0]
+    names = [str(i) for i in range(k)] if class_names is None else [str(c) for c in class_names]
+    if len(names) != k:
+        raise ValueError(f"{len(names)} class names for a {k}x{k} confusion matrix")
+    if normalize == "true":
+        values = _safe_divide(counts, counts.sum(dim=1, keepdim=True).expand_as(counts))
+    elif normalize == "pred":
+        values = _safe_divide(counts, counts.sum(dim=0, keepdim=True).expand_as(counts))
+    else:
+        values = counts
+    set_style()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.45 * k + 2.2, 0.45 * k + 1.8))
+    image = ax.imshow(values.numpy(), cmap=cmap, vmin=0)
+    ax.grid(False)
+    ax.set_xticks(range(k), names)
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    top = values.max().item() if values.numel() else 0.0
+    fmt = (lambda v: f"{v:.2f}") if normalize else (lambda v: f"{v:.0f}")
+    size = 9 if k <= 5 else 7
+    for i in range(k):
+        for j in range(k):
+            v = values[i, j].item()
+            ax.text(j, i, fmt(v), ha="center", va="center", fontsize=size, color="white" if v > 0.6 * top else "black")
+    if title:
+        ax.set_title(title)
+    return ax

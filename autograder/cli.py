@@ -1,0 +1,74 @@
+"""Command line: ``python -m autograder grade ASSIGNMENT --submissions DIR [...]``.
+
+Exit status 0 when every submission got its row in grades.csv (whatever the students scored),
+1 when the grader could not run (bad arguments, an assignment whose tests fail on its own
+solution), 2 for usage errors.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m autograder",
+                                description="Grade nbgrader submissions in sandboxed kernels, with verified scores.")
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("grade", help="grade every submission of one assignment",
+                       description="Grade DIR/<student_id>/<ASSIGNMENT>.ipynb (or LMS zip downloads in DIR).")
+    g.add_argument("assignment", help="assignment name, e.g. ps1_smoothing (source/<name>/<name>.ipynb)")
+    g.add_argument("--submissions", type=Path, required=True,
+                   help="folder of <student_id>/<ASSIGNMENT>.ipynb, and/or LMS .zip downloads")
+    g.add_argument("--out", type=Path, default=None, help="output folder (default build/grades/ASSIGNMENT)")
+    g.add_argument("--workers", type=_positive, default=None, help="parallel workers (default: number of cores)")
+    g.add_argument("--timeout", type=_positive, default=30,
+                   help="seconds per notebook cell before it is interrupted (default 30)")
+    g.add_argument("--submission-timeout", type=_positive, default=300,
+                   help="seconds per submission before its kernel is killed (default 300)")
+    g.add_argument("--memory-mb", type=_positive, default=4096, help="address-space limit per kernel (default 4096)")
+    g.add_argument("--zip-regexp", default=None,
+                   help="nbgrader FileNameCollectorPlugin.named_regexp for LMS downloads "
+                        "(needs the student_id and file_id groups)")
+    g.add_argument("--course-root", type=Path, default=None, help="course root (default: . or the repository)")
+    g.add_argument("--no-sandbox", action="store_true", help="run kernels without bubblewrap (rlimits only)")
+    g.add_argument("--no-feedback", action="store_true", help="skip the feedback HTML pages")
+    g.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
+    sub.add_parser("check-sandbox", help="say whether the bubblewrap sandbox works here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "check-sandbox":
+        from . import sandbox
+
+        status = sandbox.probe()
+        print(("OK: " if status.available else "NOT AVAILABLE: ") + status.reason)
+        return 0 if status.available else 1
+    from . import grading, report, verifier
+
+    opts = grading.Options(
+        assignment=args.assignment, submissions=args.submissions, out=args.out,
+        workers=args.workers, cell_timeout=args.timeout, submission_timeout=args.submission_timeout,
+        memory_mb=args.memory_mb, zip_regexp=args.zip_regexp, course_root=args.course_root,
+        sandbox=not args.no_sandbox, progress=not args.quiet, feedback=not args.no_feedback)
+    try:
+        outcome = grading.grade(opts)
+    except (ValueError, verifier.SetupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(report.summary(outcome))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

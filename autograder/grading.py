@@ -1,0 +1,262 @@
+"""The grade command: prepare once, grade every submission in parallel, write the results.
+
+Main process: the gradebook (nbgrader ``generate_assignment`` into ``OUT/gradebook.db``), the
+verifier's plan (:func:`autograder.verifier.record`), the list of submissions, then a pool of
+long-lived worker processes (:mod:`autograder.worker`), one sandboxed kernel per submission.
+Results come back as plain dicts; the main process alone writes the gradebook (verified scores,
+flags as "needs manual grade"), ``grades.csv``, ``problems.csv``, nbgrader's CSV export, the
+histogram, and prints the summary. Output order and content do not depend on ``--workers``.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from . import collect, sandbox
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass
+class Options:
+    assignment: str
+    submissions: Path
+    out: Path | None = None
+    workers: int | None = None
+    cell_timeout: int = 30
+    submission_timeout: int = 300
+    memory_mb: int = 4096
+    zip_regexp: str | None = None
+    course_root: Path | None = None
+    sandbox: bool = True
+    progress: bool = True
+    feedback: bool = True
+
+
+@dataclasses.dataclass
+class Outcome:
+    rows: list[dict]            # one per submission, sorted by student id
+    problems: list[dict]        # one per (submission, test cell)
+    out: Path
+    seconds: float
+    sandbox: sandbox.SandboxStatus | None
+    max_score: float
+
+
+def course_root(explicit: Path | None, assignment: str) -> Path:
+    if explicit is not None:
+        return Path(explicit).resolve()
+    for candidate in (Path.cwd(), REPO):
+        if (candidate / "source" / assignment / f"{assignment}.ipynb").is_file():
+            return candidate.resolve()
+    raise ValueError(f"no source/{assignment}/{assignment}.ipynb in {Path.cwd()} or {REPO}")
+
+
+@contextlib.contextmanager
+def _venv_bin_on_path():
+    """nbgrader runs the ``alembic`` command from PATH when it creates a gradebook."""
+    old = os.environ.get("PATH", "")
+    os.environ["PATH"] = str(Path(sys.executable).parent) + (os.pathsep + old if old else "")
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = old
+
+
+def _quiet_nbgrader() -> None:
+    logging.getLogger("traitlets").setLevel(logging.ERROR)
+    for name in ("sqlalchemy", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def build_gradebook(root: Path, assignment: str, db_path: Path, release_out: Path) -> None:
+    """nbgrader's generate_assignment: the assignment, its cells, checksums and points, into
+    ``db_path``; the student version into ``release_out`` (the committed release/ is untouched)."""
+    from nbgrader.converters import GenerateAssignment
+    from nbgrader.coursedir import CourseDirectory
+
+    from .worker import load_course_config
+
+    config = load_course_config(str(root))
+    config.CourseDirectory.root = str(root)
+    config.CourseDirectory.db_url = f"sqlite:///{db_path}"
+    config.CourseDirectory.release_directory = str(release_out)
+    cwd = os.getcwd()
+    with _venv_bin_on_path(), contextlib.redirect_stdout(sys.stderr):
+        try:
+            coursedir = CourseDirectory(config=config)
+            coursedir.assignment_id = assignment
+            app = GenerateAssignment(coursedir=coursedir, config=config)
+            app.force = True
+            app.create_assignment = True
+            app.start()
+        finally:
+            os.chdir(cwd)
+
+
+def write_gradebook(db_path: Path, assignment: str, results: list[dict], flagged: dict[str, set]) -> None:
+    """Verified scores into nbgrader's gradebook; disputed cells marked for manual grading."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{db_path}") as gb:
+        for result in results:
+            student = result["student_id"]
+            gb.update_or_create_student(student)
+            gb.update_or_create_submission(assignment, student)
+            notebook = gb.find_submission_notebook(assignment, assignment, student)
+            for grade in notebook.grades:
+                verdict = result["verdicts"].get(grade.name)
+                if verdict is None:
+                    continue
+                grade.auto_score = verdict["score"]
+                grade.needs_manual_grade = grade.name in flagged.get(student, set())
+            for comment in notebook.comments:
+                comment.auto_comment = result["status"] if result["status"] != "graded" else None
+            gb.db.commit()
+
+
+def export_gradebook(db_path: Path, target: Path) -> None:
+    """nbgrader's own CSV export of the gradebook."""
+    from nbgrader.api import Gradebook
+    from nbgrader.plugins.export import CsvExportPlugin
+
+    with Gradebook(f"sqlite:///{db_path}") as gb:
+        CsvExportPlugin(to=str(target)).export(gb)
+
+
+def status_of(result: dict) -> tuple[str, set]:
+    """``graded``, ``flagged: <reason>`` or ``failed: <reason>``, and the disputed grade ids."""
+    disputed = {g for g, v in result["verdicts"].items()
+                if v.get("unverifiable") or (v.get("kernel_score") is not None and v["kernel_score"] != v["score"])}
+    if result.get("failure"):
+        return f"failed: {result['failure']}", disputed
+    reasons = []
+    if disputed:
+        reasons.append("in-kernel tests and verifier disagree on " + ", ".join(sorted(disputed)))
+    reasons += result.get("notes", [])
+    if reasons:
+        return "flagged: " + "; ".join(reasons), disputed
+    return "graded", disputed
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def grade(opts: Options) -> Outcome:
+    started = time.monotonic()
+    import torch
+
+    torch.set_num_threads(1)
+    from . import verifier, worker
+
+    _quiet_nbgrader()
+    root = course_root(opts.course_root, opts.assignment)
+    source_nb = root / "source" / opts.assignment / f"{opts.assignment}.ipynb"
+    out = Path(opts.out or root / "build" / "grades" / opts.assignment).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("grades.csv", "problems.csv", "gradebook.db", "nbgrader_export.csv", "histogram.png"):
+        (out / name).unlink(missing_ok=True)
+    for name in ("feedback", "autograded", ".work"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    work = out / ".work"
+    work.mkdir()
+    os.chmod(work, 0o711)
+
+    status = sandbox.probe() if opts.sandbox else None
+    if status is None:
+        print("WARNING: sandbox disabled (--no-sandbox): student code runs with the grader's "
+              "rights, only rlimits apply", file=sys.stderr)
+    elif not status.available:
+        print(f"WARNING: no sandbox: {status.reason}. Grading goes on with rlimits only: student "
+              "code can read and write what the grader can.", file=sys.stderr)
+
+    submissions = collect.collect(opts.submissions, opts.assignment, work / "collected", opts.zip_regexp)
+    workers = max(1, min(opts.workers or os.cpu_count() or 1, max(1, len(submissions))))
+
+    # start the workers now: their imports overlap with the preparation below
+    ctx = multiprocessing.get_context("spawn")
+    slots = ctx.Queue()
+    for index in range(workers):
+        slots.put(f"w{index}")
+    pool = ctx.Pool(workers, initializer=worker.init, initargs=(slots,)) if submissions else None
+    try:
+        db_path = out / "gradebook.db"
+        build_gradebook(root, opts.assignment, db_path, work / "release")
+        shutil.copyfile(db_path, work / "gradebook-template.db")
+        assignment = verifier.SourceAssignment(opts.assignment, source_nb)
+        plan = verifier.record(assignment)
+        plan.save(work / "plan.pt")
+        os.chmod(work / "plan.pt", 0o444)
+
+        settings = worker.Settings(
+            assignment=opts.assignment, course_root=str(root), source_notebook=str(source_nb),
+            release_dir=str(work / "release" / opts.assignment), out_dir=str(out),
+            work_dir=str(work), plan_path=str(work / "plan.pt"),
+            db_template=str(work / "gradebook-template.db"), cell_timeout=opts.cell_timeout,
+            submission_timeout=opts.submission_timeout,
+            limits=sandbox.Limits(cpu_seconds=opts.submission_timeout * 2 + 60,
+                                  memory_bytes=opts.memory_mb << 20),
+            use_sandbox=opts.sandbox, write_feedback=opts.feedback)
+        tasks = [(settings, s.student_id, s.path, s.problem) for s in submissions]
+        results = []
+        if pool is not None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(tasks), desc=f"grading {opts.assignment}", unit="sub",
+                       disable=not opts.progress, file=sys.stderr)
+            for result in pool.imap_unordered(worker.grade, tasks, chunksize=1):
+                results.append(result)
+                bar.update(1)
+            bar.close()
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+
+    results.sort(key=lambda r: r["student_id"])
+    flagged = {}
+    for result in results:
+        result["status"], flagged[result["student_id"]] = status_of(result)
+    write_gradebook(out / "gradebook.db", opts.assignment, results, flagged)
+    export_gradebook(out / "gradebook.db", out / "nbgrader_export.csv")
+
+    order = [t.grade_id for t in assignment.tests]
+    rows, problems = [], []
+    for result in results:
+        rows.append({"student_id": result["student_id"], "score": _fmt(result["score"]),
+                     "max_score": _fmt(result["max_score"]), "status": result["status"]})
+        for grade_id in order:
+            verdict = result["verdicts"][grade_id]
+            problems.append({"student_id": result["student_id"], "grade_id": grade_id,
+                             "score": _fmt(verdict["score"]), "max_score": _fmt(verdict["max_score"])})
+    with open(out / "grades.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, ["student_id", "score", "max_score", "status"])
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(out / "problems.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, ["student_id", "grade_id", "score", "max_score"])
+        writer.writeheader()
+        writer.writerows(problems)
+    with open(out / "details.jsonl", "w", encoding="utf-8") as handle:
+        import json
+
+        for result in results:
+            handle.write(json.dumps({k: v for k, v in result.items() if k != "traceback"}) + "\n")
+    for result in results:
+        if result.get("traceback"):
+            print(f"grader error for {result['student_id']}:\n{result['traceback']}", file=sys.stderr)
+    from . import report
+
+    report.histogram([float(r["score"]) for r in rows], assignment.max_score, out / "histogram.png",
+                     opts.assignment)
+    shutil.rmtree(work / "sandbox", ignore_errors=True)
+    return Outcome(rows, problems, out, time.monotonic() - started, status, assignment.max_score)

@@ -1,0 +1,124 @@
+"""Knowledge distillation (Hinton et al. 2015): train a small student on a teacher's softened outputs.
+
+The student's loss mixes two terms,
+
+    alpha * T**2 * KL( softmax(teacher / T) || softmax(student / T) )  +  (1 - alpha) * CE(student, y),
+
+where ``T`` (the temperature) flattens both distributions so that the teacher's small
+probabilities on the wrong classes ("this 7 looks a bit like a 1") carry weight, and ``T**2``
+keeps the soft term's gradients on the same scale as the hard term's when ``T`` changes.
+Muller et al. (2019, "When does label smoothing help?") found that teachers trained with label
+smoothing make worse students: smoothing erases much of that wrong-class structure.
+
+:func:`train_student` mirrors :func:`utils.training.train_classifier` (Adam, a seeded batch order,
+the same :class:`~utils.training.History`), except that each batch also sees the teacher's logits.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from utils.data import Split
+from utils.training import History, accuracy, predict_logits
+
+
+def _check_temperature(temperature) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    return float(temperature)
+
+
+def _check_alpha(alpha) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha (the weight of the soft term) must be in [0, 1], got {alpha!r}")
+    return float(alpha)
+
+
+def soften(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``softmax(logits / T)`` over the last dimension: the teacher's 'soft targets' at temperature ``T``."""
+    t = _check_temperature(temperature)
+    if not torch.is_tensor(logits) or not logits.is_floating_point() or logits.ndim != 2:
+        raise ValueError("logits must be a floating-point tensor of shape [N, K]")
+    return (logits / t).softmax(dim=-1)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      temperature: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
+    """Hinton et al.'s distillation loss (mean over the batch); see the module docstring.
+
+    ``alpha=0`` is plain cross-entropy on the labels; ``alpha=1`` ignores the labels. The teacher's
+    logits are treated as constants (no gradient flows into the teacher).
+    """
+    t = _check_temperature(temperature)
+    a = _check_alpha(alpha)
+    if not torch.is_tensor(student_logits) or not torch.is_tensor(teacher_logits):
+        raise ValueError("student_logits and teacher_logits must be tensors")
+    if student_logits.ndim != 2 or student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student and teacher logits must both be [N, K] and equal in shape, got {tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}")
+    if labels.ndim != 1 or len(labels) != len(student_logits) or labels.is_floating_point():
+        raise ValueError(f"labels must be 1-D class indices, one per row of the logits; got shape {tuple(labels.shape)}, dtype {labels.dtype}")
+    log_p_student = F.log_softmax(student_logits / t, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits.detach() / t, dim=-1)
+    soft = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * t * t
+    hard = F.cross_entropy(student_logits, labels)
+    return a * soft + (1.0 - a) * hard
+
+
+def train_student(
+    student: nn.Module,
+    teacher: nn.Module,
+    train: Split,
+    val: Split | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    epochs: int = 30,
+    lr: float = 1e-2,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "distilling",
+) -> History:
+    """Train ``student`` with :func:`distillation_loss` against a frozen ``teacher``.
+
+    The teacher's logits on ``train.x`` are computed once, in evaluation mode. Batches come in an
+    order fixed by ``seed``; ``History.train_loss`` is the distillation loss and ``val_loss`` the
+    plain cross-entropy on ``val``, as in :func:`utils.training.train_classifier`.
+    """
+    _check_temperature(temperature)
+    _check_alpha(alpha)
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0, got epochs={epochs}, batch_size={batch_size}, lr={lr}")
+    device = next(student.parameters()).device
+    x, y = train.x.to(device), train.y.to(device)
+    teacher_logits = predict_logits(teacher, x).detach()
+    if teacher_logits.shape[1] != predict_logits(student, x[:1]).shape[1]:
+        raise ValueError("teacher and student must predict the same number of classes")
+    opt = torch.optim.Adam(student.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    history = History()
+    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    for _ in bar:
+        student.train()
+        order = torch.randperm(len(y), generator=gen).to(device)
+        total, correct = 0.0, 0
+        for i in range(0, len(y), batch_size):
+            idx = order[i : i + batch_size]
+            logits = student(x[idx])
+            loss = distillation_loss(logits, teacher_logits[idx], y[idx], temperature, alpha)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            correct += (logits.argmax(1) == y[idx]).sum().item()
+        history.train_loss.append(total / len(y))
+        history.train_acc.append(correct / len(y))
+        if val is not None:
+            logits = predict_logits(student, val.x.to(device))
+            history.val_loss.append(F.cross_entropy(logits, val.y.to(device)).item())
+            history.val_acc.append(accuracy(logits, val.y.to(device)))
+            bar.set_postfix(val_acc=f"{history.val_acc[-1]:.3f}")
+    return history
