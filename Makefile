@@ -21,7 +21,6 @@ export JUPYTER_DATA_DIR    := $(CURDIR)/build/jupyter/data
 export JUPYTER_RUNTIME_DIR := $(CURDIR)/build/jupyter/runtime
 export IPYTHONDIR          := $(CURDIR)/build/ipython
 export MPLCONFIGDIR        := $(CURDIR)/build/matplotlib
-export MPLBACKEND          := Agg
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup course notebooks release examples test lab grade bench clean

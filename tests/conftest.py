@@ -17,7 +17,6 @@ for var, sub in {
 }.items():
     os.environ.setdefault(var, str(_STATE / sub))
     Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ def plot_distribution(probs: torch.Tensor | Sequence[float], ax=None, labels: Se
     bars = ax.bar(names, values.numpy(), color=color or PALETTE[0])
     for bar, v in zip(bars, values.tolist()):
         ax.annotate(f"{v:.3f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
-    ax.set_ylim(0, max(1.0, float(values.max()) * 1.1))
+    ax.set_ylim(0, max(1.0, float(values.max())) * 1.1)  # room for the value labels
     ax.set_xlabel("class")
     ax.set_ylabel("probability")
     if title:

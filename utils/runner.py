@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -67,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fast", type=int, choices=(0, 1), default=0, help="1: small experiments (CI)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("MPLBACKEND", "Agg")
     params = {"device": args.device, "seed": args.seed, "fast": bool(args.fast)}
     results = []
     for nb in args.notebooks:
