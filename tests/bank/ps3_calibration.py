@@ -3,6 +3,7 @@
 WRONG: one entry per misconception. ``replace`` maps an answer cell's grade_id to the full source a
 student might submit for it; every other answer cell keeps the reference solution. ``loses`` lists
 every test cell that must score 0 with that submission; all other test cells keep full marks.
+``hint`` (where present) is part of the message a visible check cell shows for that answer.
 
 RIGHT: answers that differ from the reference solution but are correct, so they must keep all
 20 points (same ``replace`` format, ``loses`` is empty). Autograd in label_smoothing_grad is one of
@@ -22,6 +23,7 @@ def label_smoothing_grad(logits, targets, smoothing):
     target = (1 - smoothing) * F.one_hot(targets, k).to(probs.dtype) + smoothing / k
     return probs - target
 '''},
+        "hint": "reduction='mean' divides the loss, and so its gradient, by N",
         "loses": ["test_label_smoothing_grad_values", "test_label_smoothing_grad_mean_scale"],
     },
     "grad_others_convention": {
@@ -34,6 +36,7 @@ def label_smoothing_grad(logits, targets, smoothing):
     target[torch.arange(n, device=logits.device), targets] = 1 - smoothing
     return (torch.softmax(logits, dim=1) - target) / n
 '''},
+        "hint": 'is the target (1 - eps) * one_hot + eps / K?',
         "loses": ["test_label_smoothing_grad_values"],
     },
     # Part 2: ECE --------------------------------------------------------------------------
@@ -52,6 +55,7 @@ def expected_calibration_error(probs, labels, n_bins=15):
             gaps.append(abs(correct[in_bin].mean().item() - confidences[in_bin].mean().item()))
     return sum(gaps) / len(gaps)
 '''},
+        "hint": 'your ECE averages the two bins equally',
         "loses": ["test_expected_calibration_error_values", "test_expected_calibration_error_weighted"],
     },
     "ece_mean_over_all_bins": {
@@ -70,6 +74,7 @@ def expected_calibration_error(probs, labels, n_bins=15):
     return total / n_bins
 '''},
         # (the bin-edge cases have empty bins too, so the bins cell catches it as well)
+        "hint": 'a plain mean over all 4 bins, empty ones included',
         "loses": ["test_expected_calibration_error_values", "test_expected_calibration_error_weighted",
                   "test_expected_calibration_error_bins"],
     },
@@ -86,6 +91,7 @@ def expected_calibration_error(probs, labels, n_bins=15):
     confidence = torch.bincount(bins, weights=confidences, minlength=n_bins) / count
     return float((count / len(labels) * (accuracy - confidence).abs()).sum())
 '''},
+        "hint": 'your ECE is NaN',
         "loses": ["test_expected_calibration_error_values", "test_expected_calibration_error_weighted",
                   "test_expected_calibration_error_bins"],
     },
@@ -121,6 +127,7 @@ def expected_calibration_error(probs, labels, n_bins=15):
             ece += in_bin.to(confidences.dtype).mean() * (correct[in_bin].mean() - confidences[in_bin].mean()).abs()
     return ece
 '''},
+        "hint": 'return a Python float (use .item())',
         "loses": ["test_expected_calibration_error_bins"],
     },
     # Part 3: temperature ------------------------------------------------------------------
@@ -136,6 +143,7 @@ def fit_temperature(logits, labels):
             best_t, best_loss = t, loss
     return best_t
 '''},
+        "hint": 'temperature scaling divides the logits by T',
         "loses": ["test_fit_temperature"],
     },
     # Part 4: precision and recall ---------------------------------------------------------
@@ -151,6 +159,7 @@ def precision_recall(confusion):
     recall = torch.where(cols > 0, hits / cols.clamp(min=1), torch.zeros_like(hits))
     return precision, recall
 '''},
+        "hint": 'your precision is the recall',
         "loses": ["test_precision_recall_values", "test_precision_recall_orientation"],
     },
     "precision_recall_nan": {
