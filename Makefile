@@ -22,6 +22,8 @@ export JUPYTER_RUNTIME_DIR := $(CURDIR)/build/jupyter/runtime
 export IPYTHONDIR          := $(CURDIR)/build/ipython
 export MPLCONFIGDIR        := $(CURDIR)/build/matplotlib
 export PYTHONDONTWRITEBYTECODE := 1
+# nbgrader calls `alembic` and `jupyter` from PATH: the venv's come first.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup course notebooks release examples test lab grade bench clean
 
