@@ -151,8 +151,67 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
+def _log(opts: Options, started: float, what: str) -> None:
+    if os.environ.get("AUTOGRADER_TIMING"):
+        print(f"[{time.monotonic() - started:7.2f} s] {what}", file=sys.stderr)
+
+
+def _preload() -> None:
+    """Everything the workers need, imported once here before they are forked."""
+    import IPython.core.inputtransformer2  # noqa: F401
+    import jupyter_client  # noqa: F401
+    import nbclient  # noqa: F401
+    import nbconvert.exporters  # noqa: F401
+    import nbconvert.preprocessors  # noqa: F401
+    import nbgrader.api  # noqa: F401
+    import nbgrader.converters  # noqa: F401
+    import nbgrader.preprocessors  # noqa: F401
+    import nbgrader.plugins.export  # noqa: F401
+    import zmq.asyncio  # noqa: F401
+
+    from . import feedback, static, worker  # noqa: F401
+
+
+def cache_key(root: Path, assignment: str) -> str:
+    """What the gradebook template and the verifier's plan depend on."""
+    import hashlib
+
+    import nbgrader
+    import torch
+
+    digest = hashlib.sha256()
+    for path in (root / "source" / assignment / f"{assignment}.ipynb", root / "nbgrader_config.py",
+                 Path(__file__).with_name("verifier.py"), Path(__file__).with_name("kernel_probe.py")):
+        digest.update(path.read_bytes() if path.exists() else b"-")
+    for extra in sorted((root / "source" / assignment).rglob("*")):
+        if extra.is_file() and extra.suffix != ".ipynb":
+            digest.update(str(extra.relative_to(root)).encode() + extra.read_bytes())
+    digest.update(f"{nbgrader.__version__} {torch.__version__} {sys.version}".encode())
+    return digest.hexdigest()
+
+
+def prepare(root: Path, assignment: str, cache: Path) -> Path:
+    """The gradebook template (nbgrader generate_assignment), the release copy and the
+    verifier's plan, rebuilt only when the source, the config or the grader changed."""
+    from . import verifier
+
+    key = cache_key(root, assignment)
+    done = cache / "key"
+    if done.exists() and done.read_text() == key and (cache / "plan.pt.d").is_dir():
+        return cache
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.mkdir(parents=True)
+    os.chmod(cache, 0o711)
+    build_gradebook(root, assignment, cache / "gradebook.db", cache / "release")
+    plan = verifier.record(verifier.SourceAssignment(assignment, root / "source" / assignment / f"{assignment}.ipynb"))
+    plan.save(cache / "plan.pt")
+    done.write_text(key)
+    return cache
+
+
 def grade(opts: Options) -> Outcome:
     started = time.monotonic()
+    _log(opts, started, "start")
     import torch
 
     torch.set_num_threads(1)
@@ -163,7 +222,8 @@ def grade(opts: Options) -> Outcome:
     source_nb = root / "source" / opts.assignment / f"{opts.assignment}.ipynb"
     out = Path(opts.out or root / "build" / "grades" / opts.assignment).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("grades.csv", "problems.csv", "gradebook.db", "nbgrader_export.csv", "histogram.png"):
+    for name in ("grades.csv", "problems.csv", "gradebook.db", "nbgrader_export.csv", "histogram.png",
+                 "details.jsonl"):
         (out / name).unlink(missing_ok=True)
     for name in ("feedback", "autograded", ".work"):
         shutil.rmtree(out / name, ignore_errors=True)
@@ -181,27 +241,28 @@ def grade(opts: Options) -> Outcome:
 
     submissions = collect.collect(opts.submissions, opts.assignment, work / "collected", opts.zip_regexp)
     workers = max(1, min(opts.workers or os.cpu_count() or 1, max(1, len(submissions))))
+    _preload()
+    _log(opts, started, "modules loaded")
 
-    # start the workers now: their imports overlap with the preparation below
-    ctx = multiprocessing.get_context("spawn")
+    # Start the workers now, by fork: they inherit the loaded modules (no second import of
+    # torch and nbgrader) and wait for tasks while the preparation below runs.
+    ctx = multiprocessing.get_context("fork")
     slots = ctx.Queue()
     for index in range(workers):
         slots.put(f"w{index}")
     pool = ctx.Pool(workers, initializer=worker.init, initargs=(slots,)) if submissions else None
     try:
-        db_path = out / "gradebook.db"
-        build_gradebook(root, opts.assignment, db_path, work / "release")
-        shutil.copyfile(db_path, work / "gradebook-template.db")
+        _log(opts, started, "pool started")
+        cache = prepare(root, opts.assignment, out / ".cache")
+        shutil.copyfile(cache / "gradebook.db", out / "gradebook.db")
         assignment = verifier.SourceAssignment(opts.assignment, source_nb)
-        plan = verifier.record(assignment)
-        plan.save(work / "plan.pt")
-        os.chmod(work / "plan.pt", 0o444)
+        _log(opts, started, "gradebook and plan ready")
 
         settings = worker.Settings(
             assignment=opts.assignment, course_root=str(root), source_notebook=str(source_nb),
-            release_dir=str(work / "release" / opts.assignment), out_dir=str(out),
-            work_dir=str(work), plan_path=str(work / "plan.pt"),
-            db_template=str(work / "gradebook-template.db"), cell_timeout=opts.cell_timeout,
+            release_dir=str(cache / "release" / opts.assignment), out_dir=str(out),
+            work_dir=str(work), plan_path=str(cache / "plan.pt"),
+            db_template=str(cache / "gradebook.db"), cell_timeout=opts.cell_timeout,
             submission_timeout=opts.submission_timeout,
             limits=sandbox.Limits(cpu_seconds=opts.submission_timeout * 2 + 60,
                                   memory_bytes=opts.memory_mb << 20),
@@ -222,6 +283,7 @@ def grade(opts: Options) -> Outcome:
             pool.close()
             pool.join()
 
+    _log(opts, started, "all graded")
     results.sort(key=lambda r: r["student_id"])
     flagged = {}
     for result in results:
@@ -259,4 +321,5 @@ def grade(opts: Options) -> Outcome:
     report.histogram([float(r["score"]) for r in rows], assignment.max_score, out / "histogram.png",
                      opts.assignment)
     shutil.rmtree(work / "sandbox", ignore_errors=True)
+    _log(opts, started, "results written")
     return Outcome(rows, problems, out, time.monotonic() - started, status, assignment.max_score)

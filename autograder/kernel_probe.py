@@ -21,8 +21,7 @@ def _autograder_probe(_plan_path, _test_id):  # pragma: no cover - runs inside t
 
     import torch
 
-    plan = torch.load(_plan_path, weights_only=True)
-    test = plan["tests"].get(_test_id, {"events": [], "values": []})
+    test = torch.load(_plan_path, weights_only=True)  # this test's questions only
     user_ns = globals()
     torch_rng = torch.random.get_rng_state()
     py_rng = random.getstate()
@@ -170,18 +169,50 @@ def _autograder_probe(_plan_path, _test_id):  # pragma: no cover - runs inside t
         out["kwargs_after"] = {k: plain(v) for k, v in kwargs.items() if type(v) is torch.Tensor}
         return out
 
-    payload = {}
+    payload, pending = {}, {}
+
+    def encode(result):
+        buffer = io.BytesIO()
+        torch.save(result, buffer)
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
 
     def keep(key, result):
-        buffer = io.BytesIO()
+        pending[key] = result
+
+    def flush():
+        # one torch.save for all results (fast); one per result if some cannot be saved
+        if not pending:
+            return
         try:
-            torch.save(result, buffer)
-        except BaseException as exc:
-            buffer = io.BytesIO()
-            torch.save({"error": error(exc), "probe_failed": True}, buffer)
-        payload[key] = base64.b64encode(buffer.getvalue()).decode("ascii")
+            payload["*"] = encode(dict(pending))
+        except BaseException:
+            for key, result in pending.items():
+                try:
+                    payload[key] = encode(result)
+                except BaseException as exc:
+                    payload[key] = encode({"error": error(exc), "probe_failed": True})
+        pending.clear()
+
+    def signature(name):
+        import inspect
+        if name not in user_ns:
+            return {"missing": True}
+        try:
+            sig = inspect.signature(user_ns[name])
+        except (TypeError, ValueError) as exc:
+            return {"error": error(exc)}
+        params = []
+        for p in sig.parameters.values():
+            has_default = p.default is not inspect.Parameter.empty
+            params.append((p.name, int(p.kind), has_default, plain(p.default) if has_default else None))
+        return {"params": params}
 
     try:
+        for name in test.get("signatures", ()):
+            try:
+                keep(f"sig:{name}", signature(name))
+            except BaseException as exc:
+                keep(f"sig:{name}", {"error": error(exc), "probe_failed": True})
         for name in test["values"]:
             try:
                 keep(f"value:{name}", run_event({"kind": "value", "name": name}))
@@ -198,6 +229,7 @@ def _autograder_probe(_plan_path, _test_id):  # pragma: no cover - runs inside t
             if result.get("interrupted"):
                 break
     finally:
+        flush()
         torch.random.set_rng_state(torch_rng)
         random.setstate(py_rng)
         if numpy is not None and np_rng is not None:

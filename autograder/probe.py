@@ -24,21 +24,23 @@ from . import kernel_probe
 
 MIME = "application/x.autograder-probe+json"
 PROBE_TAG = "autograder-probe"
-PLAN_NAME = ".autograder-plan.pt"
+PLAN_NAME = ".autograder-plan"
 MAX_PAYLOAD_BYTES = 16 << 20
 
 
-def probe_source(plan_path: str, test_id: str) -> str:
-    """The source of one probe cell: define, run, and delete the kernel-side function."""
+def probe_source(plan_path: str, test_id: str, define: bool = True) -> str:
+    """The source of one probe cell: the kernel-side function's definition (first probe cell
+    only: compiling it costs ~40 ms a cell) and one call for this test."""
+    call = f"_autograder_probe({json.dumps(str(plan_path))}, {json.dumps(test_id)})\n"
+    if not define:
+        return call
     with open(kernel_probe.__file__, encoding="utf-8") as handle:
         code = handle.read()
-    body = code[code.index("def _autograder_probe"):]
-    return (f"{body}\n\n_autograder_probe({json.dumps(str(plan_path))}, {json.dumps(test_id)})\n"
-            "del _autograder_probe\n")
+    return f"{code[code.index('def _autograder_probe'):]}\n\n{call}"
 
 
-def make_cell(plan_path: str, test_id: str) -> nbformat.NotebookNode:
-    cell = nbformat.v4.new_code_cell(probe_source(plan_path, test_id))
+def make_cell(plan_path: str, test_id: str, define: bool = True) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_code_cell(probe_source(plan_path, test_id, define))
     cell.metadata["tags"] = [PROBE_TAG]
     cell.metadata["autograder"] = {"probe": test_id}
     cell.id = ("autograder-probe-" + test_id)[:64]
@@ -86,6 +88,12 @@ def decode(outputs, test_id: str) -> tuple[dict[str, dict], str | None]:
         except Exception as exc:  # weights_only refuses anything but plain data
             first = str(exc).splitlines()[0][:200] if str(exc) else ""
             value = {"undecodable": f"not plain data ({type(exc).__name__}): {first}"}
+        if key == "*":  # all results in one blob
+            if isinstance(value, dict) and "undecodable" not in value:
+                for inner, result in value.items():
+                    if isinstance(inner, str):
+                        results[inner] = result if isinstance(result, dict) else {"undecodable": "result is not a dict"}
+            continue
         if not isinstance(value, dict):
             value = {"undecodable": "result is not a dict"}
         results[key] = value

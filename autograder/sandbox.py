@@ -34,7 +34,7 @@ import sysconfig
 from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
-from traitlets import Instance
+from traitlets import Any, Instance
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,34 +101,39 @@ def _system_links() -> list[str]:
     return args
 
 
-def _bwrap_prefix(workdir: Path, drop_to_nobody: bool, limits: Limits, bwrap: str) -> list[str]:
-    args = [bwrap, "--die-with-parent", "--clearenv"]
-    if drop_to_nobody:
+def bwrap_prefix(workdir: Path, status: "SandboxStatus", limits: Limits,
+                 keep_caps: tuple[str, ...] = ("CAP_SETUID", "CAP_SETGID")) -> list[str]:
+    """bwrap's arguments up to (not including) the environment and the command."""
+    args = [status.bwrap, "--die-with-parent", "--clearenv"]
+    if status.drop_to_nobody:
         # bwrap run by root keeps every capability inside the sandbox unless told otherwise;
-        # keep just enough to switch to nobody (setpriv below), which then drops them all.
-        # No user namespace: it would map uid 0 only, and nobody must be the real nobody.
+        # keep just enough to switch to nobody (setpriv, or the zygote's children), which then
+        # drops them all. No user namespace: it would map uid 0 only, and nobody must be the
+        # real nobody.
         args += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-                 "--unshare-cgroup-try",
-                 "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+                 "--unshare-cgroup-try", "--cap-drop", "ALL"]
+        for cap in keep_caps:
+            args += ["--cap-add", cap]
     else:
         args += ["--unshare-all", "--disable-userns"]
     args += _system_links()
     roots = _readonly_roots()
+    args += ["--proc", "/proc", "--dev", "/dev",
+             "--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
     # bwrap creates missing parents of mount points as 0700 dirs: nobody could not traverse them
     parents = sorted({str(p) for r in roots + [str(workdir)] for p in Path(r).parents
-                      if str(p) != "/"}, key=lambda p: p.count("/"))
+                      if str(p) not in ("/", "/tmp")}, key=lambda p: p.count("/"))
     for parent in parents:
         if not any(parent == r or parent.startswith(r.rstrip("/") + "/") for r in roots):
             args += ["--perms", "0755", "--dir", parent]
     for root in roots:
         args += ["--ro-bind", root, root]
-    args += ["--proc", "/proc", "--dev", "/dev",
-             "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp",
-             "--bind", str(workdir), str(workdir), "--chdir", str(workdir)]
+    args += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir)]
     return args
 
 
-def _env(workdir: Path) -> dict[str, str]:
+def env_for(workdir: Path) -> dict[str, str]:
+    """The kernel's whole environment (bwrap starts from an empty one)."""
     venv_bin = str(Path(sys.executable).parent)
     return {
         "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
@@ -176,7 +181,7 @@ def probe() -> SandboxStatus:
         work = Path(tmp)
         prepare_workdir(work, _drop=drop)
         cmd = command([sys.executable, "-c",
-                       "import socket, os; "
+                       "import socket, os, tempfile; tempfile.gettempdir(); "
                        "s = socket.socket(); s.settimeout(1)\n"
                        "try:\n    s.connect(('1.1.1.1', 53)); print('net')\n"
                        "except OSError:\n    print('nonet')\n"
@@ -205,8 +210,8 @@ def command(argv: list[str], workdir: Path, limits: Limits, *, use_sandbox: bool
     status = _status or (probe() if use_sandbox else None)
     if status is None or not status.available:
         return _prlimit(limits, with_nproc=False) + list(argv)
-    args = _bwrap_prefix(workdir, status.drop_to_nobody, limits, status.bwrap)
-    for key, value in _env(workdir).items():
+    args = bwrap_prefix(workdir, status, limits)
+    for key, value in env_for(workdir).items():
         args += ["--setenv", key, value]
     args.append("--")
     if status.drop_to_nobody:
@@ -242,6 +247,7 @@ class SandboxedKernelManager(AsyncKernelManager):
     workdir = Instance(Path, allow_none=True)
     limits = Instance(Limits, args=())
     use_sandbox = Instance(bool, args=(True,))
+    zygote = Any(None, allow_none=True)  # autograder.zygote.Zygote: fork the kernel from it
 
     def format_kernel_cmd(self, extra_arguments=None):
         cmd = super().format_kernel_cmd(extra_arguments)
@@ -251,8 +257,19 @@ class SandboxedKernelManager(AsyncKernelManager):
         return command(cmd, self.workdir, self.limits, use_sandbox=self.use_sandbox)
 
     async def _async_pre_start_kernel(self, **kw):
-        kw["env"] = _env(self.workdir)
+        if self.zygote is not None and self.provisioner is None:
+            from .zygote import ZygoteProvisioner
+
+            self.kernel_id = self.kernel_id or kw.pop("kernel_id", None) or str(__import__("uuid").uuid4())
+            provisioner = ZygoteProvisioner(kernel_id=self.kernel_id, kernel_spec=self.kernel_spec, parent=self)
+            provisioner.zygote, provisioner.workdir, provisioner.limits = self.zygote, self.workdir, self.limits
+            self.provisioner = provisioner
+        kw["env"] = env_for(self.workdir)
         kw["cwd"] = str(self.workdir)
+        # the kernel's own stdout/stderr (banners, crash messages) go to a log, not the terminal
+        log = open(self.workdir / "kernel.log", "ab")  # noqa: SIM115 - closed with the process
+        kw.setdefault("stdout", log)
+        kw.setdefault("stderr", log)
         cmd, kw = await super()._async_pre_start_kernel(**kw)
         status = probe()
         if self.use_sandbox and status.available and status.drop_to_nobody:

@@ -439,11 +439,16 @@ class Plan:
     tests: dict[str, dict]          # grade_id -> {"events": [...], "values": [...]}
 
     def save(self, path: Path) -> None:
-        """The plan file: read by every kernel (its inputs) and by the workers (to replay).
+        """The plan file, read by the workers (to replay), and one small file per test cell in
+        ``<path>.d/`` for the kernels (each probe loads only its own test's questions).
 
-        Plain data only (``torch.load(weights_only=True)`` reads it back)."""
+        Plain data only (``torch.load(weights_only=True)`` reads them back)."""
         torch.save({"version": 2, "assignment": self.assignment.name, "kinds": self.kinds,
                     "tests": self.tests}, path)
+        folder = Path(f"{path}.d")
+        folder.mkdir(exist_ok=True)
+        for grade_id, test in self.tests.items():
+            torch.save(test, folder / f"{grade_id}.pt")
 
 
 def load_plan(assignment: SourceAssignment, path: Path) -> Plan:
@@ -473,6 +478,7 @@ def record(assignment: SourceAssignment) -> Plan:
         value = reference[name]
         kinds[name] = "class" if isinstance(value, type) else "function" if callable(value) else "value"
     values = sorted(n for n, k in kinds.items() if k == "value")
+    callables = sorted(n for n, k in kinds.items() if k != "value")
     tests = {}
     for test in assignment.tests:
         ns = dict(reference)
@@ -498,7 +504,7 @@ def record(assignment: SourceAssignment) -> Plan:
         for event in recording.events:
             if not _is_plain(event.get("vjps", [])):
                 raise SetupError(f"{test.grade_id}: non-plain gradient")
-        tests[test.grade_id] = {"events": recording.events, "values": values}
+        tests[test.grade_id] = {"events": recording.events, "values": values, "signatures": callables}
     return Plan(assignment, base, kinds, tests)
 
 
@@ -650,6 +656,21 @@ class _ReplayGradient(torch.autograd.Function):
         return (None, None, None, *[None] * ctx.count)
 
 
+def _signature(result: dict | None):
+    """The student's function signature (names, kinds, defaults) for ``inspect.signature``."""
+    import inspect
+
+    if not result or "params" not in result:
+        return None
+    try:
+        params = [inspect.Parameter(str(name), inspect._ParameterKind(int(kind)),
+                                    default=reconstruct(default) if has_default else inspect.Parameter.empty)
+                  for name, kind, has_default, default in result["params"]]
+        return inspect.Signature(params)
+    except (TypeError, ValueError):
+        return None
+
+
 def replay(plan: Plan, grade_id: str, results: dict[str, dict], note: str | None,
            static_findings: dict[str, str | None]) -> Verdict:
     """The verdict for one test cell from the kernel's answers (and the static findings)."""
@@ -658,10 +679,14 @@ def replay(plan: Plan, grade_id: str, results: dict[str, dict], note: str | None
     session = _Replay(grade_id, recorded["events"], results, note)
     ns = dict(plan.base)
     for name, kind in plan.kinds.items():
-        if kind == "function":
-            ns[name] = session.function(name)
-        elif kind == "class":
-            ns[name] = session.cls(name)
+        if kind in ("function", "class"):
+            ns[name] = session.function(name) if kind == "function" else session.cls(name)
+            signature = _signature(results.get(f"sig:{name}"))
+            if signature is not None:
+                try:
+                    ns[name].__signature__ = signature
+                except (AttributeError, TypeError):
+                    pass
         else:
             key = f"value:{name}"
             result = results.get(key)

@@ -20,6 +20,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -85,6 +87,8 @@ def _sandboxed_execute(base):
 
         def on_cell_executed(self, **kwargs):
             super().on_cell_executed(**kwargs)
+            if not self.executed:
+                self.first_cell_done = time.monotonic()
             cell, index = kwargs["cell"], kwargs["cell_index"]
             self.executed.add(index)
             test_id = self.probe_ids.get(cell.get("id"))
@@ -125,7 +129,11 @@ class Worker:
         self.config = load_course_config(settings.course_root)
         self.config.Execute.timeout = settings.cell_timeout
         self.config.OverwriteCells.add_missing_cells = True
-        self.work = Path(settings.work_dir) / "sandbox" / slot
+        self.slot_root = Path(settings.work_dir) / "sandbox" / slot
+        self.work = self.slot_root / "run-0"
+        self.runs = 0
+        self.zygote = None
+        self.zygote_failures = 0
         self.db_path = Path(settings.work_dir) / f"gradebook-{slot}.db"
         shutil.copyfile(settings.db_template, self.db_path)
         self.db_url = f"sqlite:///{self.db_path}"
@@ -165,7 +173,33 @@ class Worker:
                              "notebook": self.settings.assignment, "db_url": self.db_url},
                 "metadata": {"path": str(self.work)}, "unique_key": self.settings.assignment}
 
+    def _zygote(self):
+        """The worker's zygote (started on first use), or None: then one bwrap per kernel."""
+        if not self.settings.use_sandbox or os.environ.get("AUTOGRADER_NO_ZYGOTE") or self.zygote_failures >= 2:
+            return None
+        if not sandbox.probe().available:
+            return None
+        from .zygote import Zygote, ZygoteError
+
+        if self.zygote is None:
+            self.zygote = Zygote(self.slot_root, preload_modules(self.settings), self.settings.limits)
+        if not self.zygote.alive():
+            try:
+                self.zygote.start()
+            except (ZygoteError, OSError) as exc:
+                self.zygote_failures += 1
+                self.zygote.close()
+                print(f"[autograder] zygote unavailable ({exc}); starting one sandbox per kernel", file=sys.stderr)
+                return None
+        return self.zygote
+
     def _prepare_workdir(self) -> None:
+        if self.work.exists():
+            shutil.rmtree(self.work, ignore_errors=True)
+        self.runs += 1
+        self.work = self.slot_root / f"run-{self.runs}"
+        self.slot_root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.slot_root, 0o711)
         if self.work.exists():
             shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True)
@@ -174,8 +208,10 @@ class Worker:
             dest = self.work / path.relative_to(release)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, dest)
-        shutil.copyfile(self.settings.plan_path, self.work / probe.PLAN_NAME)
-        os.chmod(self.work / probe.PLAN_NAME, 0o444)
+        plans = self.work / probe.PLAN_NAME
+        shutil.copytree(f"{self.settings.plan_path}.d", plans)
+        for item in plans.iterdir():
+            os.chmod(item, 0o444)
         sandbox.prepare_workdir(self.work)
 
     def _student_sources(self, nb) -> list[str]:
@@ -210,7 +246,7 @@ class Worker:
 
     # ------------------------------------------------------------------ the pipeline
     def grade(self, student_id: str, path: str | None, problem: str | None = None) -> dict:
-        started = time.monotonic()
+        started = self._t0 = time.monotonic()
         result = {"student_id": student_id, "assignment": self.settings.assignment,
                   "notes": [], "failure": None, "seconds": 0.0}
         try:
@@ -218,6 +254,8 @@ class Worker:
         except Exception as exc:  # never lose a submission
             result["failure"] = f"grader error: {type(exc).__name__}: {exc}"
             result["traceback"] = traceback.format_exc()
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
         verdicts = result.setdefault("verdicts", {})
         for grade_id, points in self.points.items():
             verdicts.setdefault(grade_id, {"score": 0.0, "max_score": points,
@@ -261,26 +299,39 @@ class Worker:
             for pp in self.sanitize:
                 nb, resources = pp(nb, resources)
 
+        nb = nbformat.from_dict(nb)  # cells re-added by nbgrader hold plain dicts
         static = verifier.static_findings(self.settings.assignment, self._student_sources(nb))
 
+        self._prepare_workdir()
         # one probe cell right before each test cell
         cells, probe_ids, seen = [], {}, set()
         for cell in nb.cells:
             grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
-            if nbutils.is_grade(cell) and grade_id in self.plan.tests and grade_id not in seen:
+            if nbutils.is_grade(cell) and grade_id in self.plan.tests and grade_id not in seen \
+                    and not os.environ.get("AUTOGRADER_NO_PROBES"):
                 seen.add(grade_id)
-                probe_cell = probe.make_cell(str(self.work / probe.PLAN_NAME), grade_id)
+                probe_cell = probe.make_cell(str(self.work / probe.PLAN_NAME / f"{grade_id}.pt"), grade_id,
+                                             define=not probe_ids)
                 probe_ids[probe_cell.id] = grade_id
                 cells.append(probe_cell)
             cells.append(cell)
         nb.cells = cells
 
-        self._prepare_workdir()
+        timing = result.setdefault("timing", {})
+        timing["prepare"] = round(time.monotonic() - self._t0, 3)
+        cpu0 = time.process_time()
         for stage, pp in self.after:
             if stage == "before":
                 nb, resources = pp(nb, resources)
         self.execute.start_submission(self.settings, probe_ids)
+        t = time.monotonic()
         failure = self._execute(nb, resources)
+        timing["execute"] = round(time.monotonic() - t, 3)
+        timing["kernel_cpu"] = round(getattr(self, "kernel_cpu", 0.0), 3)
+        t0 = self.phase.pop("t0")
+        timing["phases"] = {k: round(v - t0, 3) for k, v in self.phase.items()}
+        timing["worker_cpu_execute"] = round(time.process_time() - cpu0, 3)
+        t = time.monotonic()
         for stage, pp in self.after:
             if stage == "after":
                 nb, resources = pp(nb, resources)
@@ -310,8 +361,11 @@ class Worker:
                                        "kernel_score": kernel_scores.get(test.grade_id, 0.0)}
         result["verdicts"] = verdicts
         result["failure"] = failure
+        timing["verify"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
 
-        nb.cells = [c for c in nb.cells if not probe.is_probe(c)]
+        if not os.environ.get("AUTOGRADER_KEEP_PROBES"):
+            nb.cells = [c for c in nb.cells if not probe.is_probe(c)]
         autograded = Path(self.settings.out_dir) / "autograded" / student_id
         autograded.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, autograded / f"{self.settings.assignment}.ipynb")
@@ -322,16 +376,19 @@ class Worker:
             target = Path(self.settings.out_dir) / "feedback" / f"{student_id}.html"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(page, encoding="utf-8")
+        timing["write"] = round(time.monotonic() - t, 3)
+        timing["worker_cpu_total"] = round(time.process_time() - cpu0, 3)
 
     def _execute(self, nb, resources) -> str | None:
         """Run the notebook in a sandboxed kernel; a reason string when the run was cut short."""
         from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
         kernel_name = nb.metadata.get("kernelspec", {}).get("name", "python3")
+        zygote = self._zygote()
         km = sandbox.SandboxedKernelManager(kernel_name=kernel_name, transport="ipc",
                                             ip=str(self.work / "kernel"), workdir=self.work,
                                             limits=self.settings.limits,
-                                            use_sandbox=self.settings.use_sandbox)
+                                            use_sandbox=self.settings.use_sandbox, zygote=zygote)
         km.connection_file = str(self.work / "kernel.json")
         expired = threading.Event()
 
@@ -343,8 +400,10 @@ class Worker:
         timer.daemon = True
         timer.start()
         failure = None
+        self.phase = {"t0": time.monotonic()}
         try:
             self.execute.preprocess(nb, resources, km=km)
+            self.phase["cells_done"] = time.monotonic()
         except DeadKernelError:
             failure = (f"timeout: the submission ran longer than {self.settings.submission_timeout} s"
                        if expired.is_set() else "the kernel died (crash, os._exit, memory or CPU limit)")
@@ -359,8 +418,21 @@ class Worker:
                 raise
         finally:
             timer.cancel()
-            _kill_process(km)
             kc = getattr(self.execute, "kc", None)
+            self.phase["finally"] = time.monotonic()
+            process = getattr(km.provisioner, "process", None) if km.provisioner else None
+            if process is not None and zygote is None:
+                self.kernel_cpu = _tree_cpu(process.pid)
+            _shutdown(km, kc)
+            _kill_process(km)
+            if zygote is not None:
+                self.kernel_cpu = getattr(process, "cpu", 0.0)
+                self.phase["killed"] = time.monotonic()
+                try:
+                    if not zygote.reset():
+                        zygote.close()  # something survived: never reuse this sandbox
+                except Exception:
+                    zygote.close()
             if kc is not None:
                 try:
                     kc.stop_channels()
@@ -374,7 +446,44 @@ class Worker:
             except Exception:
                 pass
             self.execute.km = None
+            self.phase["end"] = time.monotonic()
         return failure
+
+
+def _tree_cpu(root_pid: int) -> float:
+    """CPU seconds used so far by a process and all its descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents, cpu = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = sum(int(x) for x in fields[11:15]) / tick
+    total, todo = 0.0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    return total
+
+
+def _shutdown(km, kc) -> None:
+    """Ask the kernel to exit (so that its CPU time is accounted), wait a moment."""
+    process = getattr(km.provisioner, "process", None) if km.provisioner else None
+    if kc is None or process is None or process.poll() is not None:
+        return
+    try:
+        from jupyter_core.utils import run_sync
+
+        run_sync(kc.shutdown)()
+        process.wait(timeout=2)
+    except Exception:
+        pass
 
 
 def _kill_process(km) -> None:
@@ -382,13 +491,40 @@ def _kill_process(km) -> None:
     try:
         process = getattr(km.provisioner, "process", None) if km.provisioner else None
         if process is not None and process.poll() is None:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                process.kill()
+            if isinstance(process, subprocess.Popen):
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    process.kill()
+            else:
+                process.kill()  # a zygote's child: the zygote kills its process group
             process.wait(timeout=10)
     except Exception:
         pass
+
+
+def preload_modules(settings: Settings) -> list[str]:
+    """Modules for the zygote to import: the kernel's usual ones and those the notebook imports."""
+    import ast
+
+    names = ["numpy", "torch", "torch.nn", "torch.nn.functional", "math", "random", "json", "inspect"]
+    try:
+        nb = nbformat.read(Path(settings.release_dir) / f"{settings.assignment}.ipynb", 4)
+    except Exception:
+        return names
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.append(node.module)
+    return list(dict.fromkeys(n for n in names if n.split(".")[0] not in ("os", "sys", "subprocess")))
 
 
 # ---------------------------------------------------------------------- process-pool glue

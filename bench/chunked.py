@@ -8,7 +8,7 @@
 Both run forward + backward (``torch.autograd.grad`` of the mean loss wrt ``h`` and ``W``). Two
 parts: the headline size (N = 4096 tokens, H = 1024, V = 131,072, float32), measured once
 or twice because the naive version needs several GiB; and a sweep over V (8k to 128k) at
-N = 1024 for the plot. Time is the median over interleaved rounds, memory the peak extra memory
+N = 2048, H = 256 for the plot. Time is the median over interleaved rounds, memory the peak extra memory
 of one call (see :mod:`bench.common`). ``python -m bench.chunked [--quick] [--no-full]``.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from utils.chunked_loss import chunked_linear_cross_entropy, default_chunk_size,
 
 SMOOTHING = 0.1
 FULL = {"tokens": 4096, "hidden": 1024, "vocab": 131072}
-SWEEP = {"tokens": 1024, "hidden": 1024, "vocab": (8192, 16384, 32768, 65536, 131072)}
+SWEEP = {"tokens": 2048, "hidden": 256, "vocab": (8192, 16384, 32768, 65536, 131072)}
 QUICK_FULL = {"tokens": 128, "hidden": 64, "vocab": 4096}
 QUICK_SWEEP = {"tokens": 64, "hidden": 32, "vocab": (512, 1024, 2048)}
 TARGET_MEMORY_FRACTION = 0.25

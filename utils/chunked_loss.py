@@ -13,9 +13,11 @@ gradient in closed form,
 into the gradients of ``h`` and ``W`` and throws the chunk away. Peak memory is the gradients
 themselves plus one ``[chunk_size, V]`` block.
 
-This is the design of Liger-Kernel's fused linear cross-entropy (Hsu et al. 2024,
-https://github.com/linkedin/Liger-Kernel), written here in plain PyTorch so it runs on any device;
-Liger's Triton kernels need a CUDA GPU.
+This is the design of Liger-Kernel's fused linear cross-entropy (Hsu et al. 2024, arXiv:2410.10989,
+https://github.com/linkedin/Liger-Kernel; its README reports a more than 4x memory reduction at a
+128k vocabulary), which took the gradient-in-forward and chunking idea from
+https://github.com/mgmalek/efficient_cross_entropy. Liger's Triton kernels need a CUDA GPU; this
+is plain PyTorch and runs on any device.
 """
 from __future__ import annotations
 
@@ -125,7 +127,8 @@ class LinearLabelSmoothingCrossEntropy(torch.autograd.Function):
                     grad_h[start : start + step] = g @ weight
                 if need_w:
                     grad_w.addmm_(z.T, h.to(acc) if low_precision else h)
-            del z
+                del g
+            del z  # before the next chunk's block exists: one [chunk, V] block alive at a time
         loss = total / kept if reduction == "mean" else total
         if kept == 0 and reduction == "mean":
             loss = torch.full((), math.nan, dtype=acc, device=hidden.device)

@@ -1,0 +1,64 @@
+"""ps3_calibration: another correct style, and attacks on its numeric and multiple-choice tests."""
+from __future__ import annotations
+
+from . import Case, Context, solution, submission
+
+A = "ps3_calibration"
+
+
+def styles() -> list[Case]:
+    loops = {
+        "precision_recall": '''
+def precision_recall(confusion):
+    """Per class, with Python loops over the rows and columns."""
+    if not isinstance(confusion, torch.Tensor) or confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError("confusion must be a square [K, K] tensor")
+    if confusion.shape[0] == 0:
+        raise ValueError("confusion must hold at least one class")
+    if confusion.is_complex() or confusion.dtype == torch.bool:
+        raise ValueError("confusion must hold counts")
+    if not bool(torch.isfinite(confusion.double()).all()) or bool((confusion < 0).any()):
+        raise ValueError("counts must be finite and non-negative")
+    k = confusion.shape[0]
+    c = confusion.double()
+    precision, recall = [], []
+    for i in range(k):
+        predicted = float(c[:, i].sum())
+        actual = float(c[i, :].sum())
+        precision.append(float(c[i, i]) / predicted if predicted else 0.0)
+        recall.append(float(c[i, i]) / actual if actual else 0.0)
+    out = confusion.dtype if confusion.is_floating_point() else torch.float32
+    return (torch.tensor(precision, dtype=out, device=confusion.device),
+            torch.tensor(recall, dtype=out, device=confusion.device))
+''',
+    }
+    return [Case("style-loops", submission(A, loops), why="loops")]
+
+
+def attacks(ctx: Context) -> list[Case]:
+    frame = solution(A, "fit_temperature").replace(
+        "    z = logits.detach()",
+        '''    import inspect
+    best = inspect.currentframe().f_back.f_globals.get("_best")
+    if isinstance(best, float):
+        return best
+    return 1.0
+    z = logits.detach()''', 1)
+    assert frame != solution(A, "fit_temperature")
+    lying = '''
+class _Yes(str):
+    def __eq__(self, other):
+        return True
+    def __ne__(self, other):
+        return False
+    __hash__ = str.__hash__
+
+
+q9 = _Yes("a")
+'''
+    return [
+        Case("attack-read-caller-frame", submission(A, {"fit_temperature": frame}), loses=["test_fit_temperature"],
+             status="flagged", fools_kernel=["test_fit_temperature"]),
+        Case("attack-str-subclass", submission(A, {"q9": lying}), loses=["test_q9"], status="flagged",
+             fools_kernel=["test_q9"]),
+    ]

@@ -1,0 +1,265 @@
+"""The grader's parts without kernels: static rules, submission collection, the verifier's
+record/replay on plain data, the probe payload decoder, the sandbox command (fast tests)."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from autograder import collect, probe, sandbox, static, verifier
+
+# ----------------------------------------------------------------------------- static rules
+
+GOOD = '''
+import torch
+import torch.nn.functional as F
+def lsce(z, y, smoothing=0.1):
+    """Equals F.cross_entropy(..., label_smoothing) without calling it."""
+    logp = F.log_softmax(z, 1)
+    return -(logp.gather(1, y[:, None])).mean()
+'''
+
+
+@pytest.mark.parametrize("sources, problem", [
+    ([GOOD], None),
+    ([GOOD, "print(F.cross_entropy(a, b))\nref = F.cross_entropy(a, b)\nce = F.cross_entropy\n"
+            "loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)"], None),           # scratch comparisons
+    ([GOOD, "class M(nn.Module):\n    def forward(self, z, y):\n        return F.cross_entropy(z, y)"], None),
+    (["%time x = 1", GOOD], None),                                                     # IPython magic
+    ([GOOD.replace("return -(logp", "return F.cross_entropy(z, y) + 0 * -(logp")], "uses cross_entropy"),
+    (["ce = F.cross_entropy", "def lsce(z, y):\n    return ce(z, y)"], "built-in `ce`"),
+    (["from torch.nn.functional import nll_loss as n\ndef lsce(z, y):\n    return n(z, y)"], "built-in `n`"),
+    (["def h(z, y):\n    return F.nll_loss(z, y)\ndef lsce(z, y):\n    return h(z, y)"], "through `h`"),
+    (["_c = F.cross_entropy\ntorch.logsumexp = lambda *a: _c(*a)", GOOD], "changes a library object"),
+    (["import functools\n_c = functools.partial(F.cross_entropy)", GOOD], "as a value"),
+    (["H = []\nH.append(F.nll_loss)", GOOD], "as a value"),
+    (["def lsce(z, y):\n    return getattr(F, 'cross_' + 'entropy')(z, y)"], "computed attribute name"),
+    (["def lsce(z, y):\n    return vars(F)['nll_loss'](z, y)"], "vars"),
+    (["import importlib", GOOD], "import importlib"),
+    (["def lsce(z, y):\n    nll_loss = 1\n    return nll_loss"], "uses nll_loss"),  # as the hidden test reads it
+    (["def lsce(:"], "does not parse"),
+    (["x = 1"], "not defined"),
+])
+def test_builtin_loss_rules(sources, problem):
+    found = static.builtin_loss_violation(sources, "lsce")
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found, found
+
+
+# ----------------------------------------------------------------------------- collecting submissions
+
+def _nb(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    nbformat.write(nbformat.v4.new_notebook(), path)
+    return path
+
+
+def test_collect_folders_keeps_every_student(tmp_path):
+    subs = tmp_path / "subs"
+    for student in ("ann", "bob"):
+        (subs / student).mkdir(parents=True)
+        _nb(subs / student, "ps1.ipynb")
+    (subs / "cid" / "ps1").mkdir(parents=True)
+    _nb(subs / "cid" / "ps1", "ps1.ipynb")                 # nbgrader's submitted/ layout
+    (subs / "dan").mkdir()
+    _nb(subs / "dan", "ps1 (1).ipynb")                       # misnamed: a row, failed
+    (subs / "eve").mkdir()                                   # empty: a row, failed
+    (subs / ".ipynb_checkpoints").mkdir()
+    found = collect.collect(subs, "ps1", tmp_path / "staging")
+    assert [s.student_id for s in found] == ["ann", "bob", "cid", "dan", "eve"]
+    assert [s.path is not None for s in found] == [True, True, True, False, False]
+    assert "ps1 (1).ipynb" in found[3].problem and "no notebook" in found[4].problem
+
+
+def test_collect_lms_zip_latest_attempt_wins_and_nothing_is_dropped(tmp_path):
+    src = _nb(tmp_path, "x.ipynb")
+    archive = tmp_path / "subs" / "download.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(src, "ps1_ann_attempt_2026-01-01-10-00-00_ps1.ipynb")
+        zf.write(src, "ps1_ann_attempt_2026-01-02-10-00-00_ps1.ipynb")
+        zf.write(src, "ps1_bob_attempt_2026-01-01-09-00-00_ps1.ipynb")
+        zf.write(src, "ps1_bob_attempt_2026-01-01-09-00-00_ps2.ipynb")  # another assignment: ignored
+        zf.write(src, "random name.ipynb")                               # cannot be attributed: a row
+    found = {s.student_id: s for s in collect.collect(archive.parent, "ps1", tmp_path / "staging")}
+    assert set(found) == {"ann", "bob", "unmatched-random_name"}
+    assert "2026-01-02" in found["ann"].path
+    assert found["unmatched-random_name"].path is None and "regexp" in found["unmatched-random_name"].problem
+
+
+def test_collect_refuses_a_missing_folder(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        collect.collect(tmp_path / "nope", "ps1", tmp_path / "staging")
+
+
+# ----------------------------------------------------------------------------- record and replay
+
+SOURCE = [
+    ("setup", {}, "import torch"),
+    ("double", {"solution": True, "grade": False, "grade_id": "double", "locked": False},
+     "def double(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION"),
+    ("test_double", {"grade": True, "grade_id": "test_double", "locked": True, "points": 2, "solution": False},
+     "_x = torch.arange(4.0)\n_want = 2 * _x\n_before = _x.clone()\n_got = double(_x)\n"
+     "assert isinstance(_got, torch.Tensor), 'return a tensor'\n"
+     "assert torch.equal(_got, _want), f'double gave {_got.tolist()}'\n"
+     "assert torch.equal(_x, _before), 'double changed its input'"),
+    ("test_grad", {"grade": True, "grade_id": "test_grad", "locked": True, "points": 1, "solution": False},
+     "_x = torch.ones(3, requires_grad=True)\n(_g,) = torch.autograd.grad((double(_x) * torch.arange(3.0)).sum(), _x)\n"
+     "assert torch.equal(_g, 2 * torch.arange(3.0)), f'gradient {_g.tolist()}'"),
+    ("q1", {"solution": True, "grade": False, "grade_id": "q1", "locked": False},
+     "q1 = None\n### BEGIN SOLUTION\nq1 = 'b'\n### END SOLUTION"),
+    ("test_q1", {"grade": True, "grade_id": "test_q1", "locked": True, "points": 1, "solution": False},
+     "assert isinstance(q1, str), 'q1 is a letter'\n### BEGIN HIDDEN TESTS\nassert q1 == 'b', 'wrong letter'\n### END HIDDEN TESTS"),
+]
+
+
+@pytest.fixture(scope="module")
+def plan(tmp_path_factory):
+    nb = nbformat.v4.new_notebook()
+    for cell_id, meta, source in SOURCE:
+        cell = nbformat.v4.new_code_cell(source)
+        cell.id = cell_id
+        if meta:
+            cell.metadata["nbgrader"] = {"schema_version": 3, "task": False, **meta}
+        nb.cells.append(cell)
+    path = tmp_path_factory.mktemp("src") / "toy.ipynb"
+    nbformat.write(nb, path)
+    recorded = verifier.record(verifier.SourceAssignment("toy", path))
+    recorded.save(path.with_suffix(".pt"))
+    return verifier.load_plan(recorded.assignment, path.with_suffix(".pt"))
+
+
+def _answers(plan, grade_id, fn=None, q1="b", mutate=False):
+    """What an honest kernel would report for ``fn`` (plain data), computed here."""
+    test = plan.tests[grade_id]
+    results = {"value:q1": {"value": q1}, "sig:double": {"params": [("x", 1, False, None)]}}
+    for index, event in enumerate(test["events"]):
+        args = [a.clone() if isinstance(a, torch.Tensor) else a for a in event["args"]]
+        grads = [args[i].requires_grad_(True) for where, i in event["grad"]]
+        out = fn(*args)
+        result = {"value": out.detach().clone(), "args_after": [a.detach().clone() for a in args]}
+        if mutate:
+            result["args_after"] = [a.detach().clone() + 1 for a in args]
+        if grads:
+            result["requires_grad"] = out.requires_grad
+            result["vjps"] = [[g.clone() for g in torch.autograd.grad(out, grads, grad_outputs=v, retain_graph=True)]
+                              for v in event["vjps"]]
+        results[str(index)] = result
+    return results
+
+
+def test_record_notes_the_questions(plan):
+    assert plan.kinds == {"double": "function", "q1": "value"}
+    (event,) = plan.tests["test_double"]["events"]
+    assert event["target"] == "double" and torch.equal(event["args"][0], torch.arange(4.0))
+    (grad_event,) = plan.tests["test_grad"]["events"]
+    assert grad_event["grad"] == [("a", 0)] and torch.equal(grad_event["vjps"][0], torch.arange(3.0))
+    assert plan.tests["test_q1"]["values"] == ["q1"]
+
+
+def test_replay_passes_correct_answers_and_fails_wrong_ones(plan):
+    ok = verifier.replay(plan, "test_double", _answers(plan, "test_double", lambda x: 2 * x), None, {})
+    assert (ok.score, ok.max_score, ok.message) == (2.0, 2.0, "")
+    wrong = verifier.replay(plan, "test_double", _answers(plan, "test_double", lambda x: 3 * x), None, {})
+    assert wrong.score == 0 and "double gave [0.0, 3.0, 6.0, 9.0]" in wrong.message  # the test's message
+    mutated = verifier.replay(plan, "test_double", _answers(plan, "test_double", lambda x: 2 * x, mutate=True), None, {})
+    assert mutated.score == 0 and "changed its input" in mutated.message
+
+
+def test_replay_gradients(plan):
+    good = verifier.replay(plan, "test_grad", _answers(plan, "test_grad", lambda x: 2 * x), None, {})
+    assert good.score == 1.0, good.message
+    detached = verifier.replay(plan, "test_grad", _answers(plan, "test_grad", lambda x: (2 * x).detach()), None, {})
+    assert detached.score == 0
+
+
+def test_replay_questions_and_non_plain_answers(plan):
+    assert verifier.replay(plan, "test_q1", {"value:q1": {"value": "b"}}, None, {}).score == 1
+    assert verifier.replay(plan, "test_q1", {"value:q1": {"value": "a"}}, None, {}).message == "AssertionError: wrong letter"
+    liar = {"value:q1": {"value": {"__kind__": "unsupported", "type": "__main__._Sure"}}}
+    assert verifier.replay(plan, "test_q1", liar, None, {}).score == 0
+    subclass = _answers(plan, "test_double", lambda x: 2 * x)
+    subclass["0"]["value"] = {"__kind__": "unsupported", "type": "__main__._Agreeable"}
+    assert verifier.replay(plan, "test_double", subclass, None, {}).message == "AssertionError: return a tensor"
+
+
+def test_replay_without_answers_fails_with_the_reason(plan):
+    verdict = verifier.replay(plan, "test_double", {}, "the kernel died", {})
+    assert verdict.score == 0 and verdict.message == "the kernel died"
+    interrupted = verifier.replay(plan, "test_double", {"0": {"interrupted": True}}, None, {})
+    assert interrupted.score == 0 and "time limit" in interrupted.message
+
+
+def test_record_refuses_a_test_that_fails_on_its_own_solution(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    answer = nbformat.v4.new_code_cell("def f():\n    return 1")
+    answer.metadata["nbgrader"] = {"solution": True, "grade": False, "grade_id": "f", "locked": False, "schema_version": 3}
+    test = nbformat.v4.new_code_cell("assert f() == 2, 'nope'")
+    test.metadata["nbgrader"] = {"solution": False, "grade": True, "grade_id": "test_f", "locked": True, "points": 1,
+                                 "schema_version": 3}
+    nb.cells = [answer, test]
+    nbformat.write(nb, tmp_path / "bad.ipynb")
+    with pytest.raises(verifier.SetupError, match="test_f fails on the source notebook's own solution"):
+        verifier.record(verifier.SourceAssignment("bad", tmp_path / "bad.ipynb"))
+
+
+# ----------------------------------------------------------------------------- the probe's payload
+
+def _payload(results: dict, test="t") -> list[dict]:
+    blobs = {}
+    for key, value in results.items():
+        buffer = io.BytesIO()
+        torch.save(value, buffer)
+        blobs[key] = base64.b64encode(buffer.getvalue()).decode()
+    return [{"output_type": "display_data", "metadata": {}, "data": {probe.MIME: {"test": test, "results": blobs}}}]
+
+
+def test_decode_reads_plain_data_only():
+    outputs = _payload({"0": {"value": torch.ones(2)}})
+    results, note = probe.decode(outputs, "t")
+    assert note is None and torch.equal(results["0"]["value"], torch.ones(2))
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    evil = base64.b64encode(pickle.dumps({"value": Evil()})).decode()
+    outputs[0]["data"][probe.MIME]["results"]["1"] = evil
+    results, _ = probe.decode(outputs, "t")
+    assert "undecodable" in results["1"]  # weights_only refuses it: never unpickled
+
+
+def test_decode_discards_a_second_payload_and_a_foreign_test():
+    results, note = probe.decode(_payload({"0": {}}) * 2, "t")
+    assert results == {} and "more than one" in note
+    assert probe.decode(_payload({"0": {}}, test="other"), "t")[1] == "unreadable probe payload"
+    assert "did not run" in probe.decode([], "t")[1]
+
+
+# ----------------------------------------------------------------------------- the sandbox
+
+def test_sandbox_command_isolates_the_kernel(tmp_path):
+    status = sandbox.probe()
+    if not status.available:
+        pytest.skip(status.reason)
+    cmd = sandbox.command(["python", "-V"], tmp_path, sandbox.Limits())
+    assert "--unshare-net" in cmd or "--unshare-all" in cmd
+    assert "--clearenv" in cmd and any(a.startswith("--as=") for a in cmd)
+    roots = {cmd[i + 1] for i, a in enumerate(cmd) if a == "--ro-bind"}
+    repo = Path(__file__).resolve().parents[1]
+    assert str(repo / "utils") in roots
+    assert not {str(repo), str(repo / "source"), str(repo / "autograder"), str(repo / "build")} & roots
+
+
+def test_limits_reject_nonsense():
+    with pytest.raises(ValueError, match="memory_bytes"):
+        sandbox.Limits(memory_bytes=0)
