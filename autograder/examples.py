@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("names", nargs="*", help="assignments (default: every one with a release notebook)")
     args = parser.parse_args(argv)
+    from .cli import _skip_slow_optional_imports
+
+    _skip_slow_optional_imports()
     from . import grading, report
 
     names = args.names or assignments_with_release()

@@ -48,6 +48,18 @@ class InjectGrades(NbGraderPreprocessor):
         return cell, resources
 
 
+class TrimHiddenTracebacks(NbGraderPreprocessor):
+    """Test cells' errors keep one line, ``ErrorType: message``: a traceback would quote the
+    hidden test code (nbgrader issue #917). Always applied, whatever the course config says."""
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type == "code" and utils.is_grade(cell) and not utils.is_solution(cell):
+            for output in cell.get("outputs", []):
+                if output.get("output_type") == "error":
+                    output["traceback"] = [f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"]
+        return cell, resources
+
+
 def verdict_output(verdict: dict) -> nbformat.NotebookNode:
     score, max_score = verdict["score"], verdict["max_score"]
     ok = score >= max_score
@@ -83,13 +95,23 @@ def exporter(config: Config) -> HTMLExporter:
         from nbgrader.preprocessors import ClearHiddenTests
 
         configured = [GetGrades, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
+    from nbgrader.preprocessors import ClearHiddenTests
+
+    classes = []
     for pp in configured:
         if isinstance(pp, str):
             import importlib
 
             module, _, name = pp.rpartition(".")
             pp = getattr(importlib.import_module(module), name)
-        exp.register_preprocessor(InjectGrades if pp is GetGrades else pp, enabled=True)
+        classes.append(InjectGrades if pp is GetGrades else pp)
+    if InjectGrades not in classes:
+        classes.insert(0, InjectGrades)
+    if ClearHiddenTests not in classes:
+        classes.insert(1, ClearHiddenTests)
+    classes.append(TrimHiddenTracebacks)
+    for pp in classes:
+        exp.register_preprocessor(pp, enabled=True)
     return exp
 
 

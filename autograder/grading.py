@@ -102,25 +102,71 @@ def build_gradebook(root: Path, assignment: str, db_path: Path, release_out: Pat
             os.chdir(cwd)
 
 
-def write_gradebook(db_path: Path, assignment: str, results: list[dict], flagged: dict[str, set]) -> None:
-    """Verified scores into nbgrader's gradebook; disputed cells marked for manual grading."""
-    from nbgrader.api import Gradebook
+class GradebookWriter:
+    """Verified scores into nbgrader's gradebook, one submission at a time; disputed test
+    cells are marked as needing manual grading (formgrader lists them)."""
 
-    with Gradebook(f"sqlite:///{db_path}") as gb:
-        for result in results:
-            student = result["student_id"]
-            gb.update_or_create_student(student)
-            gb.update_or_create_submission(assignment, student)
-            notebook = gb.find_submission_notebook(assignment, assignment, student)
-            for grade in notebook.grades:
-                verdict = result["verdicts"].get(grade.name)
-                if verdict is None:
-                    continue
+    def __init__(self, db_path: Path, assignment: str):
+        self.db_path, self.assignment = db_path, assignment
+
+    def __enter__(self):
+        import warnings
+
+        from nbgrader.api import Gradebook
+        from sqlalchemy.exc import SAWarning
+
+        warnings.filterwarnings("ignore", category=SAWarning)  # nbgrader's "not in session" noise
+        self.gb = Gradebook(f"sqlite:///{self.db_path}")
+        return self
+
+    def write(self, result: dict, disputed: set) -> None:
+        gb, student = self.gb, result["student_id"]
+        gb.update_or_create_student(student)
+        gb.update_or_create_submission(self.assignment, student)
+        notebook = gb.find_submission_notebook(self.assignment, self.assignment, student)
+        for grade in notebook.grades:
+            verdict = result["verdicts"].get(grade.name)
+            if verdict is not None:
                 grade.auto_score = verdict["score"]
-                grade.needs_manual_grade = grade.name in flagged.get(student, set())
-            for comment in notebook.comments:
-                comment.auto_comment = result["status"] if result["status"] != "graded" else None
-            gb.db.commit()
+                grade.needs_manual_grade = grade.name in disputed
+        for comment in notebook.comments:
+            comment.auto_comment = result["status"] if result["status"] != "graded" else None
+        gb.db.commit()
+
+    def __exit__(self, *exc):
+        self.gb.close()
+
+
+def write_tables(out: Path, results: list[dict], order: list[str]) -> tuple[list[dict], list[dict]]:
+    """grades.csv (one row per submission), problems.csv (one per test cell), details.jsonl."""
+    import json
+
+    rows, problems = [], []
+    for result in results:
+        rows.append({"student_id": result["student_id"], "score": _fmt(result["score"]),
+                     "max_score": _fmt(result["max_score"]), "status": result["status"]})
+        for grade_id in order:
+            verdict = result["verdicts"][grade_id]
+            problems.append({"student_id": result["student_id"], "grade_id": grade_id,
+                             "score": _fmt(verdict["score"]), "max_score": _fmt(verdict["max_score"])})
+    with open(out / "grades.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, ["student_id", "score", "max_score", "status"])
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(out / "problems.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, ["student_id", "grade_id", "score", "max_score"])
+        writer.writeheader()
+        writer.writerows(problems)
+    with open(out / "details.jsonl", "w", encoding="utf-8") as handle:
+        for result in results:
+            handle.write(json.dumps({k: v for k, v in result.items() if k != "traceback"}) + "\n")
+    return rows, problems
+
+
+def _histogram(scores, max_score, path, title):
+    from . import report
+
+    return report.histogram(scores, max_score, path, title)
 
 
 def export_gradebook(db_path: Path, target: Path) -> None:
@@ -250,7 +296,10 @@ def grade(opts: Options) -> Outcome:
     slots = ctx.Queue()
     for index in range(workers):
         slots.put(f"w{index}")
-    pool = ctx.Pool(workers, initializer=worker.init, initargs=(slots,)) if submissions else None
+    limits = sandbox.Limits(cpu_seconds=opts.submission_timeout * 2 + 60, memory_bytes=opts.memory_mb << 20)
+    pool = ctx.Pool(workers, initializer=worker.init,
+                    initargs=(slots, str(work), worker.preload_modules(notebook=source_nb), limits, opts.sandbox)) \
+        if submissions else None
     try:
         _log(opts, started, "pool started")
         cache = prepare(root, opts.assignment, out / ".cache")
@@ -264,62 +313,47 @@ def grade(opts: Options) -> Outcome:
             work_dir=str(work), plan_path=str(cache / "plan.pt"),
             db_template=str(cache / "gradebook.db"), cell_timeout=opts.cell_timeout,
             submission_timeout=opts.submission_timeout,
-            limits=sandbox.Limits(cpu_seconds=opts.submission_timeout * 2 + 60,
-                                  memory_bytes=opts.memory_mb << 20),
+            limits=limits,
             use_sandbox=opts.sandbox, write_feedback=opts.feedback)
         tasks = [(settings, s.student_id, s.path, s.problem) for s in submissions]
         results = []
-        if pool is not None:
-            from tqdm import tqdm
+        histogram = None
+        from tqdm import tqdm
 
-            bar = tqdm(total=len(tasks), desc=f"grading {opts.assignment}", unit="sub",
-                       disable=not opts.progress, file=sys.stderr)
-            for result in pool.imap_unordered(worker.grade, tasks, chunksize=1):
-                results.append(result)
-                bar.update(1)
-            bar.close()
+        bar = tqdm(total=len(tasks), desc=f"grading {opts.assignment}", unit="sub",
+                   disable=not opts.progress or not tasks, file=sys.stderr)
+        with GradebookWriter(out / "gradebook.db", opts.assignment) as gradebook:
+            if pool is not None:
+                # the main process writes each result while the workers go on grading
+                for result in pool.imap_unordered(worker.grade, tasks, chunksize=1):
+                    result["status"], disputed = status_of(result)
+                    gradebook.write(result, disputed)
+                    results.append(result)
+                    bar.update(1)
+                scores = sorted(float(r["score"]) for r in results)
+                histogram = pool.apply_async(_histogram, (scores, assignment.max_score, out / "histogram.png",
+                                                          opts.assignment))
+        bar.close()
+        _log(opts, started, "all graded")
+        results.sort(key=lambda r: r["student_id"])
+        export_gradebook(out / "gradebook.db", out / "nbgrader_export.csv")
+        rows, problems = write_tables(out, results, [t.grade_id for t in assignment.tests])
+        if histogram is not None:
+            histogram.get(timeout=120)
+        else:
+            _histogram([], assignment.max_score, out / "histogram.png", opts.assignment)
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+            pool = None
+        raise
     finally:
         if pool is not None:
             pool.close()
             pool.join()
-
-    _log(opts, started, "all graded")
-    results.sort(key=lambda r: r["student_id"])
-    flagged = {}
-    for result in results:
-        result["status"], flagged[result["student_id"]] = status_of(result)
-    write_gradebook(out / "gradebook.db", opts.assignment, results, flagged)
-    export_gradebook(out / "gradebook.db", out / "nbgrader_export.csv")
-
-    order = [t.grade_id for t in assignment.tests]
-    rows, problems = [], []
-    for result in results:
-        rows.append({"student_id": result["student_id"], "score": _fmt(result["score"]),
-                     "max_score": _fmt(result["max_score"]), "status": result["status"]})
-        for grade_id in order:
-            verdict = result["verdicts"][grade_id]
-            problems.append({"student_id": result["student_id"], "grade_id": grade_id,
-                             "score": _fmt(verdict["score"]), "max_score": _fmt(verdict["max_score"])})
-    with open(out / "grades.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, ["student_id", "score", "max_score", "status"])
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(out / "problems.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, ["student_id", "grade_id", "score", "max_score"])
-        writer.writeheader()
-        writer.writerows(problems)
-    with open(out / "details.jsonl", "w", encoding="utf-8") as handle:
-        import json
-
-        for result in results:
-            handle.write(json.dumps({k: v for k, v in result.items() if k != "traceback"}) + "\n")
     for result in results:
         if result.get("traceback"):
             print(f"grader error for {result['student_id']}:\n{result['traceback']}", file=sys.stderr)
-    from . import report
-
-    report.histogram([float(r["score"]) for r in rows], assignment.max_score, out / "histogram.png",
-                     opts.assignment)
-    shutil.rmtree(work / "sandbox", ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     _log(opts, started, "results written")
     return Outcome(rows, problems, out, time.monotonic() - started, status, assignment.max_score)

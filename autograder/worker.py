@@ -503,13 +503,14 @@ def _kill_process(km) -> None:
         pass
 
 
-def preload_modules(settings: Settings) -> list[str]:
+def preload_modules(settings: "Settings | None" = None, notebook: Path | None = None) -> list[str]:
     """Modules for the zygote to import: the kernel's usual ones and those the notebook imports."""
     import ast
 
     names = ["numpy", "torch", "torch.nn", "torch.nn.functional", "math", "random", "json", "inspect"]
     try:
-        nb = nbformat.read(Path(settings.release_dir) / f"{settings.assignment}.ipynb", 4)
+        path = notebook or Path(settings.release_dir) / f"{settings.assignment}.ipynb"
+        nb = nbformat.read(path, 4)
     except Exception:
         return names
     for cell in nb.cells:
@@ -532,17 +533,27 @@ _WORKER: Worker | None = None
 _SLOT: str | None = None
 
 
-def init(slots) -> None:
-    """Pool initializer: take a private slot, pay the heavy imports while the main process prepares."""
-    global _SLOT
+_EARLY_ZYGOTE = None
+
+
+def init(slots, work_dir: str | None = None, preload: list | None = None, limits=None, use_sandbox: bool = True) -> None:
+    """Pool initializer: take a private slot and boot this worker's zygote at once, while the
+    main process prepares the gradebook and the plan."""
+    global _SLOT, _EARLY_ZYGOTE
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the main process
     _SLOT = slots.get()
     import torch
-    import nbclient  # noqa: F401
-    import nbconvert.exporters  # noqa: F401
-    import nbgrader.preprocessors  # noqa: F401
 
     torch.set_num_threads(1)  # identical numerics whatever the number of workers
+    if work_dir and use_sandbox and not os.environ.get("AUTOGRADER_NO_ZYGOTE") and sandbox.probe().available:
+        from .zygote import Zygote, ZygoteError
+
+        zygote = Zygote(Path(work_dir) / "sandbox" / _SLOT, preload or [], limits or sandbox.Limits())
+        try:
+            zygote.start()
+            _EARLY_ZYGOTE = zygote
+        except (ZygoteError, OSError):
+            zygote.close()
 
 
 def grade(task) -> dict:
@@ -551,4 +562,5 @@ def grade(task) -> dict:
     settings, student_id, path, problem = task
     if _WORKER is None:
         _WORKER = Worker(settings, _SLOT or "w0")
+        _WORKER.zygote = _EARLY_ZYGOTE
     return _WORKER.grade(student_id, path, problem)

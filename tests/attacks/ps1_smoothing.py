@@ -6,9 +6,14 @@ import json
 
 import nbformat
 
+from bank import ps1_smoothing as bank
+
 from . import ALL, Case, Context, cell, solution, submission
 
 A = "ps1_smoothing"
+
+# Every answer below is written out in full (never edited out of the reference solution), so
+# that the cases stay right when the solution's wording changes.
 
 # A one_hot that validates its input like the solution but returns zeros: the "wrong answer"
 # that the attacks below try to get marks for.
@@ -25,6 +30,22 @@ def one_hot(targets, num_classes):
         raise ValueError("class index out of range")
     return torch.zeros(len(targets), num_classes, device=targets.device)
 '''
+
+INT64_ONE_HOT = VALIDATING_ZEROS.replace(
+    "    return torch.zeros(len(targets), num_classes, device=targets.device)",
+    "    return F.one_hot(targets.long(), num_classes)  # int64: a mistake")
+LOOPS_ON_2D = VALIDATING_ZEROS.replace(
+    "    if not isinstance(targets, torch.Tensor) or targets.ndim != 1:",
+    "    while targets.ndim != 1:  # a bug: loops forever on a 2-D target\n        pass\n"
+    "    if not isinstance(targets, torch.Tensor):").replace(
+    "    return torch.zeros(len(targets), num_classes, device=targets.device)",
+    "    return F.one_hot(targets.long(), num_classes).float()")
+ACCEPTS_2D = VALIDATING_ZEROS.replace(
+    "    if not isinstance(targets, torch.Tensor) or targets.ndim != 1:\n        raise ValueError(\"targets must be a 1-D tensor\")\n",
+    "").replace(
+    "    return torch.zeros(len(targets), num_classes, device=targets.device)",
+    "    return F.one_hot(targets.long().reshape(-1), num_classes).float()")
+assert "int64" in INT64_ONE_HOT and "while" in LOOPS_ON_2D and "ndim" not in ACCEPTS_2D
 
 WRONG_SUMS = '''
 def smooth_labels(targets, num_classes, smoothing, mode="uniform"):
@@ -276,10 +297,7 @@ q3 = _Sure("x")
     out.append(Case("attack-os-exit", submission(A, {"q4": exit_cell}), loses=["test_q4"], status="failed"))
 
     # 9. an infinite loop on some inputs: costs the problems that call it, not the run
-    loop = solution(A, "one_hot").replace(
-        '    if targets.ndim != 1:', '    while targets.ndim != 1:\n        pass\n    if targets.ndim != 1:', 1)
-    assert loop != solution(A, "one_hot")
-    out.append(Case("attack-infinite-loop", submission(A, {"one_hot": loop}), loses=["test_one_hot_2d_target"]))
+    out.append(Case("attack-infinite-loop", submission(A, {"one_hot": LOOPS_ON_2D}), loses=["test_one_hot_2d_target"]))
 
     # 10. a loop that swallows the interrupt: the kernel is killed, the run goes on
     stubborn = solution(A, "q4") + '''
@@ -293,8 +311,12 @@ while True:
     out.append(Case("attack-uninterruptible-loop", submission(A, {"q4": stubborn}), loses=["test_q4"],
                     status="failed"))
 
+    # 10b. a memory bomb: the address-space limit turns it into a MemoryError in that cell only
+    bomb = solution(A, "q4") + "\n_hog = bytearray(64 * 2**30)\n"
+    out.append(Case("attack-memory-bomb", submission(A, {"q4": bomb})))
+
     # 11. test cells emptied (and a wrong answer): nbgrader restores them from the gradebook
-    wrong_int64 = solution(A, "one_hot").replace(".to(torch.float32)", "")
+    wrong_int64 = INT64_ONE_HOT
     emptied = submission(A, {"one_hot": wrong_int64})
     for c in emptied.cells:
         if c.get("metadata", {}).get("nbgrader", {}).get("grade"):
@@ -302,10 +324,7 @@ while True:
     out.append(Case("attack-empty-test-cells", emptied, loses=["test_one_hot_values"]))
 
     # 12. a test cell edited, its points inflated
-    edited = submission(A, {"smooth_labels": solution(A, "smooth_labels").replace(
-        "return hard * (1.0 - smoothing) + smoothing / num_classes",
-        "return hard * (1.0 - smoothing) + (1.0 - hard) * smoothing / (num_classes - 1)")})
-    assert cell(edited, "smooth_labels").source != solution(A, "smooth_labels")
+    edited = submission(A, bank.WRONG["others_instead_of_uniform"]["replace"])
     target = cell(edited, "test_smooth_labels_uniform")
     target.source = "assert True"
     target.metadata.nbgrader["points"] = 100
@@ -313,8 +332,7 @@ while True:
     out.append(Case("attack-edit-test-inflate-points", edited, loses=["test_smooth_labels_uniform"]))
 
     # 13. a test cell deleted, another one turned into an ordinary (ungraded) cell
-    deleted = submission(A, {"one_hot": solution(A, "one_hot").replace(
-        "    if targets.ndim != 1:", "    if False:", 1)})
+    deleted = submission(A, {"one_hot": ACCEPTS_2D})
     deleted.cells = [c for c in deleted.cells if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") != "test_one_hot_2d_target"]
     plain = cell(deleted, "test_one_hot_errors")
     plain.metadata.pop("nbgrader")

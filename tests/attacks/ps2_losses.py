@@ -1,7 +1,7 @@
 """ps2_losses: other correct styles, and attacks on "written without the built-in loss"."""
 from __future__ import annotations
 
-from . import Case, Context, solution, submission
+from . import Case, Context, submission
 
 A = "ps2_losses"
 
@@ -53,8 +53,37 @@ def soft_cross_entropy(logits, target_probs, reduction="mean"):
             Case("style-float64", submission(A, float64), why="float64 inside")]
 
 
+# A by-hand label-smoothed loss, correct except where {mistake} says (written out in full so
+# that the cases do not depend on the wording of the reference solution).
+BY_HAND = '''
+def label_smoothing_cross_entropy(logits, targets, smoothing=0.1, reduction="mean", ignore_index=-100):
+    """(1 - eps) * nll + eps * mean_k(-log p_k), by hand."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError("unknown reduction")
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError("smoothing must lie in [0, 1]")
+    if logits.ndim != 2 or targets.ndim != 1 or targets.shape[0] != logits.shape[0]:
+        raise ValueError("logits [N, K] and targets [N] expected")
+    if targets.is_floating_point() or targets.dtype == torch.bool:
+        raise ValueError("targets must be integers")
+    log_p = torch.log_softmax(logits, dim=1)
+    keep = targets != ignore_index
+    safe = torch.where(keep, targets, torch.zeros_like(targets)).long()
+    nll = -log_p.gather(1, safe.unsqueeze(1)).squeeze(1)
+    per_sample = ((1 - smoothing) * nll - smoothing * log_p.mean(dim=1)) * keep
+    {wrap}
+    if reduction == "none":
+        return per_sample
+    total = per_sample.sum()
+    return total if reduction == "sum" else total / {denominator}
+'''
+
+
+def by_hand(wrap: str = "", denominator: str = "keep.sum()") -> str:
+    return BY_HAND.replace("{wrap}", wrap or "pass").replace("{denominator}", denominator)
+
+
 def attacks(ctx: Context) -> list[Case]:
-    lsce = solution(A, "label_smoothing_cross_entropy")
     out = []
     # a built-in kept in a wrapper before the test disables it: the hidden test is fooled
     # (no banned name in the function, no banned object among its globals, and it still works
@@ -72,7 +101,7 @@ def label_smoothing_cross_entropy(logits, targets, smoothing=0.1, reduction="mea
         raise ValueError("smoothing must lie in [0, 1]")
     if logits.ndim != 2 or targets.ndim != 1 or targets.shape[0] != logits.shape[0]:
         raise ValueError("bad shapes")
-    if targets.is_floating_point():
+    if targets.is_floating_point() or targets.dtype == torch.bool:
         raise ValueError("bad dtype")
     return _ce(logits, targets, label_smoothing=smoothing, reduction=reduction, ignore_index=ignore_index)
 '''
@@ -81,29 +110,35 @@ def label_smoothing_cross_entropy(logits, targets, smoothing=0.1, reduction="mea
                     fools_kernel=["test_label_smoothing_cross_entropy_no_builtin"]))
     obfuscated = partial.replace("import functools\n_ce = functools.partial(F.cross_entropy)",
                                  '_ce = (lambda f: (lambda *a, **k: f(*a, **k)))(getattr(F, "cross_" + "entropy"))')
+    assert "getattr" in obfuscated
     out.append(Case("attack-builtin-via-getattr", submission(A, {"label_smoothing_cross_entropy": obfuscated}),
                     loses=["test_label_smoothing_cross_entropy_no_builtin"], status="flagged",
                     fools_kernel=["test_label_smoothing_cross_entropy_no_builtin"]))
-    # a monkeypatched torch function that hides the built-in inside a by-hand-looking answer
-    hidden = '''
-_saved_ce = F.cross_entropy
-_real_lerp = torch.lerp
+    # the built-in hidden in torch's own namespace, where the function looks it up
+    planted = '''
+_saved_builtin_ce = F.cross_entropy
 
 
-def _lerp(start, end, weight, *, _ce=_saved_ce):
-    import inspect
-    frame = inspect.currentframe().f_back
-    if "logits" in frame.f_locals and "targets" in frame.f_locals:
-        loc = frame.f_locals
-        return _ce(loc["logits"], loc["targets"], label_smoothing=weight, reduction="none",
-                   ignore_index=loc.get("ignore_index", -100))
-    return _real_lerp(start, end, weight)
+def _smooth_ce(logits, targets, smoothing, reduction, ignore_index):
+    return _saved_builtin_ce(logits, targets, label_smoothing=smoothing, reduction=reduction, ignore_index=ignore_index)
 
 
-torch.lerp = _lerp
+torch.nn.functional.smooth_ce = _smooth_ce
 
-''' + lsce
-    out.append(Case("attack-builtin-behind-monkeypatch", submission(A, {"label_smoothing_cross_entropy": hidden}),
+
+def label_smoothing_cross_entropy(logits, targets, smoothing=0.1, reduction="mean", ignore_index=-100):
+    """Looks like it uses a torch function of its own."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError("unknown reduction")
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError("smoothing must lie in [0, 1]")
+    if logits.ndim != 2 or targets.ndim != 1 or targets.shape[0] != logits.shape[0]:
+        raise ValueError("bad shapes")
+    if targets.is_floating_point() or targets.dtype == torch.bool:
+        raise ValueError("bad dtype")
+    return F.smooth_ce(logits, targets, smoothing, reduction, ignore_index)
+'''
+    out.append(Case("attack-builtin-planted-in-torch", submission(A, {"label_smoothing_cross_entropy": planted}),
                     loses=["test_label_smoothing_cross_entropy_no_builtin"], status="flagged",
                     fools_kernel=["test_label_smoothing_cross_entropy_no_builtin"]))
     # a wrong loss (divides by N, not by the kept count) returned as a tensor subclass that
@@ -116,10 +151,7 @@ class _Agreeable(torch.Tensor):
             return True
         return super().__torch_function__(func, types, args, kwargs or {})
 
-''' + lsce.replace("return per_sample.sum() / keep.sum()", "return per_sample.sum() / len(targets)").replace(
-        "    if reduction == \"none\":\n        return per_sample\n",
-        "    per_sample = per_sample.as_subclass(_Agreeable)\n    if reduction == \"none\":\n        return per_sample\n")
-    assert "len(targets)" in liar and "_Agreeable)" in liar
+''' + by_hand(wrap="per_sample = per_sample.as_subclass(_Agreeable)", denominator="len(targets)")
     out.append(Case("attack-tensor-subclass-loss", submission(A, {"label_smoothing_cross_entropy": liar}),
                     loses=["test_label_smoothing_cross_entropy_values", "test_label_smoothing_cross_entropy_gradients",
                            "test_label_smoothing_cross_entropy_ignore_index",

@@ -1,7 +1,7 @@
 """ps3_calibration: another correct style, and attacks on its numeric and multiple-choice tests."""
 from __future__ import annotations
 
-from . import Case, Context, solution, submission
+from . import Case, Context, submission
 
 A = "ps3_calibration"
 
@@ -36,21 +36,19 @@ def precision_recall(confusion):
 
 
 def attacks(ctx: Context) -> list[Case]:
-    frame = solution(A, "fit_temperature").replace(
-        "    z = logits.detach()",
-        '''    import inspect
+    frame = '''
+def fit_temperature(logits, labels):
+    """Reads the optimum out of the calling test instead of fitting it."""
+    import inspect
     best = inspect.currentframe().f_back.f_globals.get("_best")
-    if isinstance(best, float):
-        return best
-    return 1.0
-    z = logits.detach()''', 1)
-    assert frame != solution(A, "fit_temperature")
+    return float(best) if isinstance(best, float) else 1.0
+'''
     lying = '''
 class _Yes(str):
     def __eq__(self, other):
         return True
     def __ne__(self, other):
-        return False
+        return True
     __hash__ = str.__hash__
 
 
