@@ -5,7 +5,8 @@ For every assignment with a release notebook, three submissions are built from i
 * ``correct``: every answer cell filled with the source notebook's solution;
 * ``wrong``: the same with one classic mistake (ps1: the "others" target where PyTorch's
   uniform one was asked; ps2: the mean over all N targets instead of the kept ones; ps3: an
-  unweighted ECE); another assignment gets its first answer cell left as the stub;
+  unweighted ECE), each written out in full; another assignment gets its first answer cell
+  left as the stub;
 * ``stub``: the release notebook untouched, as a student who did nothing would hand it in;
 
 written to ``OUT/<assignment>/<student>/<assignment>.ipynb`` and graded with the course's grader
@@ -38,7 +39,26 @@ def smooth_labels(targets, num_classes, smoothing, mode="uniform"):
     hard = one_hot(targets, num_classes)
     return hard * (1 - smoothing) + (1 - hard) * smoothing / max(num_classes - 1, 1)
 '''),
-    "ps2_losses": ("mean-over-all-targets", "label_smoothing_cross_entropy", None),
+    "ps2_losses": ("mean-over-all-targets", "label_smoothing_cross_entropy", '''
+def label_smoothing_cross_entropy(logits, targets, smoothing=0.1, reduction="mean", ignore_index=-100):
+    """By hand, but "mean" divides by N, ignored targets included (the classic mistake)."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError("unknown reduction")
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError("smoothing must lie in [0, 1]")
+    if logits.ndim != 2 or targets.ndim != 1 or targets.shape[0] != logits.shape[0]:
+        raise ValueError("logits [N, K] and targets [N] expected")
+    if targets.is_floating_point() or targets.dtype == torch.bool:
+        raise ValueError("targets must be integers")
+    log_p = torch.log_softmax(logits, dim=1)
+    keep = targets != ignore_index
+    safe = torch.where(keep, targets, torch.zeros_like(targets)).long()
+    nll = -log_p.gather(1, safe.unsqueeze(1)).squeeze(1)
+    per_sample = ((1 - smoothing) * nll - smoothing * log_p.mean(dim=1)) * keep
+    if reduction == "none":
+        return per_sample
+    return per_sample.sum() if reduction == "sum" else per_sample.sum() / len(targets)
+'''),
     "ps3_calibration": ("unweighted-ece", "expected_calibration_error", None),
 }
 
@@ -77,14 +97,8 @@ def wrong_answers(assignment: str, root: Path = REPO) -> tuple[str, dict[str, st
         release = build(assignment, None, root)
         stub = next(c.source for c in release.cells if _is_answer(c) and c.metadata.nbgrader["grade_id"] == first)
         return "first-answer-missing", {**answers, first: stub}
-    if source is None:
-        text = answers[grade_id]
-        if assignment == "ps2_losses":
-            source = text.replace("return per_sample.sum() / keep.sum()", "return per_sample.sum() / len(targets)")
-        elif assignment == "ps3_calibration":
-            source = text + UNWEIGHTED
-        if source == text:
-            return "first-answer-missing", {**answers, grade_id: "raise NotImplementedError()"}
+    if source is None:  # ps3: the solution, then an unweighted ECE defined over it
+        source = answers[grade_id] + UNWEIGHTED
     return name, {**answers, grade_id: source}
 
 
@@ -109,6 +123,10 @@ def write_examples(out: Path, assignments: list[str], root: Path = REPO) -> dict
     folders = {}
     for assignment in assignments:
         folder = out / assignment
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
         for student, nb in (("correct", build(assignment, solutions(assignment, root), root)),
                             ("wrong-" + wrong_answers(assignment, root)[0],
                              build(assignment, wrong_answers(assignment, root)[1], root)),

@@ -15,7 +15,6 @@ import base64
 import binascii
 import io
 import json
-from pathlib import Path
 
 import nbformat
 import torch

@@ -266,15 +266,25 @@ class SandboxedKernelManager(AsyncKernelManager):
             self.provisioner = provisioner
         kw["env"] = env_for(self.workdir)
         kw["cwd"] = str(self.workdir)
-        # the kernel's own stdout/stderr (banners, crash messages) go to a log, not the terminal
-        log = open(self.workdir / "kernel.log", "ab")  # noqa: SIM115 - closed with the process
-        kw.setdefault("stdout", log)
-        kw.setdefault("stderr", log)
+        if self.zygote is None:
+            # the kernel's own stdout/stderr (banners, crash messages) go to a log, not the terminal
+            self._log = open(self.workdir / "kernel.log", "ab")  # noqa: SIM115 - closed after launch
+            kw.setdefault("stdout", self._log)
+            kw.setdefault("stderr", self._log)
         cmd, kw = await super()._async_pre_start_kernel(**kw)
         status = probe()
         if self.use_sandbox and status.available and status.drop_to_nobody:
             os.chown(self.connection_file, NOBODY, NOBODY)  # written 0600 by us: let nobody read it
         return cmd, kw
+
+    async def _async_launch_kernel(self, kernel_cmd, **kw):
+        try:
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+        finally:
+            log = getattr(self, "_log", None)
+            if log is not None:
+                log.close()  # the kernel process holds its own copy
+                self._log = None
 
     async def interrupt_kernel(self) -> None:  # type: ignore[override]
         if not self.has_kernel:

@@ -171,8 +171,14 @@ def _stored_references(stmt: ast.stmt, tainted: set[str]) -> list[str]:
     return [name for node, name in _mentions(stmt, tainted) if id(node) not in called]
 
 
-def builtin_loss_violation(sources: list[str], target: str) -> str | None:
-    """None when ``target`` is written without the built-in losses (rules in the module doc)."""
+LIBRARY_NAMES = {"torch", "F", "nn", "np", "numpy", "math", "builtins", "sys", "os", "functools", "operator"}
+
+
+def builtin_loss_violation(sources: list[str], target: str, context: list[str] = ()) -> str | None:
+    """None when ``target`` is written without the built-in losses (rules in the module doc).
+
+    ``sources``: the student's code cells; ``context``: the notebook's other (locked) code
+    cells, read only for the names they import (``import torch.nn.functional as F``)."""
     statements, problem = parse_cells(sources)
     if problem:
         return problem
@@ -181,8 +187,9 @@ def builtin_loss_violation(sources: list[str], target: str) -> str | None:
         if dynamic:
             return (f"your code uses {dynamic}: the grader cannot then check that `{target}` "
                     f"avoids the built-in losses, so this is not accepted here")
-    modules = set()
-    for stmt in statements:
+    modules = set(LIBRARY_NAMES)
+    context_statements, _ = parse_cells(list(context))
+    for stmt in statements + context_statements:
         if isinstance(stmt, (ast.Import, ast.ImportFrom)):
             modules |= _bound_names(stmt)
     for stmt in statements:

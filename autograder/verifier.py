@@ -732,12 +732,13 @@ def replay(plan: Plan, grade_id: str, results: dict[str, dict], note: str | None
     return Verdict(grade_id, test.points if passed else 0.0, test.points, message)
 
 
-def static_findings(assignment_name: str, student_sources: list[str]) -> dict[str, str | None]:
+def static_findings(assignment_name: str, student_sources: list[str],
+                    context_sources: list[str] = ()) -> dict[str, str | None]:
     """Run the assignment's static rules once per submission: answer name -> problem or None."""
     from . import static
 
     out = {}
     for rule, name in STATIC_RULES.get(assignment_name, {}).values():
         if rule == "builtin_loss":
-            out[name] = static.builtin_loss_violation(student_sources, name)
+            out[name] = static.builtin_loss_violation(student_sources, name, context_sources)
     return out

@@ -300,15 +300,16 @@ class Worker:
                 nb, resources = pp(nb, resources)
 
         nb = nbformat.from_dict(nb)  # cells re-added by nbgrader hold plain dicts
-        static = verifier.static_findings(self.settings.assignment, self._student_sources(nb))
+        static = verifier.static_findings(self.settings.assignment, self._student_sources(nb),
+                                          [c.source for c in nb.cells
+                                           if c.cell_type == "code" and nbutils.is_locked(c)])
 
         self._prepare_workdir()
         # one probe cell right before each test cell
         cells, probe_ids, seen = [], {}, set()
         for cell in nb.cells:
             grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
-            if nbutils.is_grade(cell) and grade_id in self.plan.tests and grade_id not in seen \
-                    and not os.environ.get("AUTOGRADER_NO_PROBES"):
+            if nbutils.is_grade(cell) and grade_id in self.plan.tests and grade_id not in seen:
                 seen.add(grade_id)
                 probe_cell = probe.make_cell(str(self.work / probe.PLAN_NAME / f"{grade_id}.pt"), grade_id,
                                              define=not probe_ids)
@@ -366,6 +367,14 @@ class Worker:
 
         if not os.environ.get("AUTOGRADER_KEEP_PROBES"):
             nb.cells = [c for c in nb.cells if not probe.is_probe(c)]
+            count = 0
+            for cell in nb.cells:  # execution counts without the gaps the probe cells left
+                if cell.cell_type == "code" and cell.get("execution_count"):
+                    count += 1
+                    cell.execution_count = count
+                    for output in cell.get("outputs", []):
+                        if "execution_count" in output:
+                            output["execution_count"] = count
         autograded = Path(self.settings.out_dir) / "autograded" / student_id
         autograded.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, autograded / f"{self.settings.assignment}.ipynb")

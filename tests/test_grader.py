@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -41,6 +40,12 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def sandboxed() -> bool:
+    from autograder import sandbox
+
+    return sandbox.probe().available
+
+
 class Batch:
     def __init__(self, assignment: str):
         self.assignment = assignment
@@ -49,6 +54,7 @@ class Batch:
         self.ctx = Context(out=root / "out", submissions=root / "submissions", markers=root / "markers")
         self.ctx.markers.mkdir(parents=True)
         self.cases = {c.student_id: c for c in cases(assignment, self.ctx)}
+        self.checked = {s for s, c in self.cases.items() if not c.needs_sandbox or sandboxed()}
         for case in self.cases.values():
             case.write(self.ctx.submissions, assignment)
         self.hashes = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in self.ctx.submissions.rglob("*") if p.is_file()}
@@ -90,7 +96,7 @@ def test_every_submission_gets_exactly_one_row(batch):
 
 def test_scores_per_problem(batch):
     wrong = []
-    for student in batch.cases:
+    for student in batch.checked:
         want, got = batch.expected(student), batch.scores(student)
         if want != got:
             diff = {g: (got.get(g), w) for g, w in want.items() if got.get(g) != w}
@@ -102,6 +108,8 @@ def test_scores_per_problem(batch):
 def test_status(batch):
     wrong = []
     for student, case in batch.cases.items():
+        if student not in batch.checked:
+            continue
         status = batch.rows[student]["status"]
         want = case.status
         if want and not (status == want if want == "graded" else status.startswith(want + ":")):
@@ -123,6 +131,8 @@ def test_attacks_fool_the_kernel_but_not_the_grader(batch):
 
 
 def test_student_code_cannot_reach_other_files(batch):
+    if not sandboxed():
+        pytest.skip("no bubblewrap sandbox here: student code has the grader's rights (the grader warns)")
     assert not list(batch.ctx.markers.iterdir())
     for path, digest in batch.hashes.items():
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, f"{path} was modified"

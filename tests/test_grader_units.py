@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -38,6 +37,8 @@ def lsce(z, y, smoothing=0.1):
     (["from torch.nn.functional import nll_loss as n\ndef lsce(z, y):\n    return n(z, y)"], "built-in `n`"),
     (["def h(z, y):\n    return F.nll_loss(z, y)\ndef lsce(z, y):\n    return h(z, y)"], "through `h`"),
     (["_c = F.cross_entropy\ntorch.logsumexp = lambda *a: _c(*a)", GOOD], "changes a library object"),
+    (["_c = F.cross_entropy\nF.mine = lambda *a: _c(*a)\ndef lsce(z, y):\n    return F.mine(z, y)"],
+     "changes a library object"),   # F imported by a locked cell, not by the student
     (["import functools\n_c = functools.partial(F.cross_entropy)", GOOD], "as a value"),
     (["H = []\nH.append(F.nll_loss)", GOOD], "as a value"),
     (["def lsce(z, y):\n    return getattr(F, 'cross_' + 'entropy')(z, y)"], "computed attribute name"),
@@ -48,7 +49,7 @@ def lsce(z, y, smoothing=0.1):
     (["x = 1"], "not defined"),
 ])
 def test_builtin_loss_rules(sources, problem):
-    found = static.builtin_loss_violation(sources, "lsce")
+    found = static.builtin_loss_violation(sources, "lsce", ["import torch.nn.functional as F"])
     if problem is None:
         assert found is None
     else:

@@ -8,7 +8,9 @@ grader must make of it:
 * ``status``: the start of its grades.csv status (``graded``, ``flagged`` or ``failed``);
 * ``fools_kernel``: test cells that stock nbgrader, running the tests inside the student's
   kernel, *does* pass; the grader's details must show that (the attack is real), while the
-  verifier gives 0.
+  verifier gives 0;
+* ``needs_sandbox``: the expectation holds only where bubblewrap works (without it, student
+  code can read and write what the grader can, and the grader says so).
 
 Modules per assignment (:mod:`tests.attacks.ps1_smoothing`, ...) build the cases from the
 release notebook (``tests/nbtools.py``): correct answers in several styles, one wrong answer per
@@ -41,6 +43,7 @@ class Case:
     fools_kernel: list[str] = dataclasses.field(default_factory=list)
     why: str = ""
     filename: str | None = None  # default <assignment>.ipynb
+    needs_sandbox: bool = False  # what it checks only holds inside bubblewrap
 
     def write(self, folder: Path, assignment: str) -> None:
         target = folder / self.student_id

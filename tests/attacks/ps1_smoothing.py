@@ -377,7 +377,8 @@ except OSError:
     _q3_key = "a"
 '''
     spy = submission(A, {"one_hot": intruder, "q3": "q3 = _q3_key"})
-    out.append(Case("attack-write-files-read-source", spy, loses=["test_one_hot_values", "test_q3"]))
+    out.append(Case("attack-write-files-read-source", spy, loses=["test_one_hot_values", "test_q3"],
+                    needs_sandbox=True))
 
     # 16. files that are not notebooks, a missing notebook
     out.append(Case("attack-not-json", b"this is not a notebook {", loses=ALL, status="failed"))
