@@ -15,6 +15,7 @@ The gradebook is only read here (a private copy per worker); the main process wr
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -31,6 +32,8 @@ import nbformat
 from nbgrader import utils as nbutils
 
 from . import feedback, probe, sandbox, verifier
+
+_COULD_NOT_START = "the kernel could not start or died: "
 
 MAX_NOTEBOOK_BYTES = 50 << 20
 
@@ -324,9 +327,15 @@ class Worker:
         for stage, pp in self.after:
             if stage == "before":
                 nb, resources = pp(nb, resources)
-        self.execute.start_submission(self.settings, probe_ids)
         t = time.monotonic()
+        pristine = copy.deepcopy(nb)
+        self.execute.start_submission(self.settings, probe_ids)
         failure = self._execute(nb, resources)
+        if failure is not None and failure.startswith(_COULD_NOT_START):
+            # No student code ran: the sandbox, not the submission, failed. Retry once on a fresh one.
+            nb = pristine
+            self.execute.start_submission(self.settings, probe_ids)
+            failure = self._execute(nb, resources)
         timing["execute"] = round(time.monotonic() - t, 3)
         timing["kernel_cpu"] = round(getattr(self, "kernel_cpu", 0.0), 3)
         t0 = self.phase.pop("t0")
@@ -422,7 +431,7 @@ class Worker:
             if expired.is_set():
                 failure = f"timeout: the submission ran longer than {self.settings.submission_timeout} s"
             elif "Kernel died" in str(exc) or "kernel" in str(exc).lower():
-                failure = f"the kernel could not start or died: {exc}"
+                failure = f"{_COULD_NOT_START}{exc}"
             else:
                 raise
         finally:
@@ -438,8 +447,8 @@ class Worker:
                 self.kernel_cpu = getattr(process, "cpu", 0.0)
                 self.phase["killed"] = time.monotonic()
                 try:
-                    if not zygote.reset():
-                        zygote.close()  # something survived: never reuse this sandbox
+                    if failure is not None or not zygote.reset():
+                        zygote.close()  # a kernel died or something survived: never reuse this sandbox
                 except Exception:
                     zygote.close()
             if kc is not None:
