@@ -78,9 +78,15 @@ def test_the_course_solution_loads_and_agrees_with_torch():
     logits = torch.randn(50, 11, requires_grad=True)
     targets = torch.randint(0, 11, (50,))
     targets[::7] = -100
-    ours = fn(logits, targets, smoothing=0.1)
-    ref = F.cross_entropy(logits, targets, label_smoothing=0.1)
-    assert torch.allclose(ours, ref, rtol=1e-5), "the benchmarked solution must compute torch's loss"
+    weights = torch.rand(50)
+    for reduction in ("mean", "sum", "none"):
+        ours = fn(logits, targets, smoothing=0.1, reduction=reduction)
+        ref = F.cross_entropy(logits, targets, label_smoothing=0.1, reduction=reduction)
+        assert torch.allclose(ours, ref, rtol=1e-5), f"the benchmarked solution must compute torch's loss ({reduction})"
+        # the timed call is forward+backward, so the gradient has to be torch's too
+        (g_ours,) = torch.autograd.grad((ours * weights).sum() if reduction == "none" else ours, logits)
+        (g_ref,) = torch.autograd.grad((ref * weights).sum() if reduction == "none" else ref, logits)
+        assert torch.allclose(g_ours, g_ref, rtol=1e-5, atol=1e-7), f"the benchmarked solution's gradient differs ({reduction})"
 
 
 # ---------------------------------------------------------------------------------- measuring
@@ -144,6 +150,9 @@ def test_quick_run_writes_json_and_plots(tmp_path):
         if r["method"] == "builtin":
             assert r["ratio_to_builtin"] == 1.0
     assert {"met", "worst", "solution_ratio_at_most"} <= set(losses["target"])
+    fixed = losses["fixed_cost"]
+    assert fixed["batch"] == 1 and fixed["builtin_ms"] > 0 and fixed["solution_ms"] > 0
+    assert "fixed cost of one call" in proc.stdout
 
     chunked = json.loads((out / "chunked.json").read_text())
     assert chunked["benchmark"] == "chunked"
