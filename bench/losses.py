@@ -20,6 +20,7 @@ import argparse
 import json
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -37,9 +38,16 @@ TARGET_RATIO = 1.1
 
 BATCH = 4096
 CLASSES = (10, 100, 1000, 8000, 32000)
-SMALL_SIZE = 1000
-SMALL_SIZE_ROUNDS = 11
-"""Sizes up to SMALL_SIZE classes get this many timing rounds (larger ones: 5, each taking seconds)."""
+SAMPLE_S = 0.005
+"""A timing sample lasts at least this long (several calls where one call is shorter)."""
+BUDGET_S = 3.0
+"""Rounds per size: as many as fit in about this many seconds, between MIN_ROUNDS and MAX_ROUNDS.
+
+On a shared machine a burst of load slows whichever candidate is running; many short rounds
+make the median of the per-round ratios robust to that (small sizes get ~200 rounds, sizes whose
+single call takes seconds get MIN_ROUNDS).
+"""
+MIN_ROUNDS, MAX_ROUNDS = 5, 201
 QUICK_BATCH = 64
 QUICK_CLASSES = (10, 100)
 
@@ -144,9 +152,16 @@ def fixed_cost(solution: Callable, device: torch.device, quick: bool = False) ->
     logits = torch.randn(1, 10, generator=gen).to(device).requires_grad_()
     targets = torch.randint(0, 10, (1,), generator=gen).to(device)
     fns = {name: _forward_backward(fn, logits, targets) for name, fn in candidates(solution).items() if name != "dense"}
-    samples = common.time_interleaved(fns, device, warmup=1, repeat=3 if quick else SMALL_SIZE_ROUNDS,
-                                      min_sample_s=0.005 if quick else 0.05)
+    samples = common.time_interleaved(fns, device, warmup=1, repeat=3 if quick else MAX_ROUNDS, min_sample_s=SAMPLE_S)
     return {"batch": 1, "classes": 10, "dtype": "float32", **{f"{name}_ms": round(common.median(v), 4) for name, v in samples.items()}}
+
+
+def rounds_for(call_s: float, n_candidates: int, quick: bool = False) -> int:
+    """How many interleaved rounds fit in BUDGET_S when one call takes ``call_s`` seconds."""
+    if quick:
+        return 3
+    round_s = n_candidates * max(call_s, SAMPLE_S)
+    return int(min(MAX_ROUNDS, max(MIN_ROUNDS, BUDGET_S // round_s)))
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -158,11 +173,9 @@ def run(out_dir: str | Path = "build/bench", quick: bool = False, device: str | 
     dev = common.resolve_device(device)
     solution = load_solution(solution_path)
     batch, sizes = (QUICK_BATCH, QUICK_CLASSES) if quick else (BATCH, CLASSES)
-    # The agreement check below already runs every candidate once; one more call calibrates the
-    # number of calls per sample, then `repeat` interleaved rounds: more of them where a round is
-    # cheap (small K), because there the ratio is a few percent and the machine's noise is not.
-    warmup, repeat = (1, 3) if quick else (1, 5)
-    repeat_small = repeat if quick else SMALL_SIZE_ROUNDS
+    # The agreement check below already runs every candidate once (and times the built-in); one
+    # more call calibrates the number of calls per sample, then interleaved rounds (see BUDGET_S).
+    warmup = 1
     env = common.environment(dev)
     results = []
     for dtype in common.dtypes_for(dev):
@@ -174,8 +187,11 @@ def run(out_dir: str | Path = "build/bench", quick: bool = False, device: str | 
             # Same numbers first: a fast wrong loss is no result.
             ref = fns["builtin"]()
             errors = {name: float((fn() - ref).abs().max()) for name, fn in fns.items()}
-            rounds = repeat_small if k <= SMALL_SIZE else repeat
-            samples = common.time_interleaved(fns, dev, warmup=warmup, repeat=rounds, min_sample_s=0.005 if quick else 0.05)
+            started = time.perf_counter()  # a warm call of the reference sets the number of rounds
+            fns["builtin"]()
+            common.synchronize(dev)
+            rounds = rounds_for(time.perf_counter() - started, len(fns), quick)
+            samples = common.time_interleaved(fns, dev, warmup=warmup, repeat=rounds, min_sample_s=SAMPLE_S)
             ratios = common.ratio_to(samples, "builtin")
             for name, fn in fns.items():
                 results.append({
@@ -198,8 +214,8 @@ def run(out_dir: str | Path = "build/bench", quick: bool = False, device: str | 
         "benchmark": "losses",
         "quick": quick,
         "environment": env,
-        "config": {"smoothing": SMOOTHING, "batch": batch, "classes": list(sizes), "warmup": warmup, "repeat": repeat,
-                   "repeat_up_to_%d_classes" % SMALL_SIZE: repeat_small,
+        "config": {"smoothing": SMOOTHING, "batch": batch, "classes": list(sizes), "warmup": warmup,
+                   "min_sample_s": SAMPLE_S, "rounds": {"budget_s": BUDGET_S, "min": MIN_ROUNDS, "max": MAX_ROUNDS},
                    "what": "forward + backward (torch.autograd.grad of the mean loss wrt the logits)",
                    "solution_source": str(solution_path)},
         "target": {"solution_ratio_at_most": TARGET_RATIO, "met": worst["ratio_to_builtin"] <= TARGET_RATIO,

@@ -116,6 +116,14 @@ def test_cpu_peak_memory_sees_a_known_allocation():
     assert small < 4 * common.MiB, f"a 40-byte tensor measured as {small / common.MiB:.1f} MiB"
 
 
+def test_rounds_fill_the_budget_between_the_bounds():
+    from bench.losses import BUDGET_S, MAX_ROUNDS, MIN_ROUNDS, SAMPLE_S, rounds_for
+    assert rounds_for(1e-5, 3) == min(MAX_ROUNDS, int(BUDGET_S // (3 * SAMPLE_S))), "short calls: samples of SAMPLE_S"
+    assert rounds_for(0.02, 3) == int(BUDGET_S // 0.06)
+    assert rounds_for(5.0, 3) == MIN_ROUNDS, "calls of seconds still get MIN_ROUNDS"
+    assert rounds_for(1e-5, 3, quick=True) == 3
+
+
 def test_format_table():
     text = common.format_table([{"a": 1.23456, "b": None, "c": "x"}, {"a": 12345.0, "b": True, "c": "yy"}], ["a", "b", "c"])
     lines = text.splitlines()
