@@ -13,7 +13,6 @@ of one call (see :mod:`bench.common`). ``python -m bench.chunked [--quick] [--no
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -161,20 +160,11 @@ def plot_results(data: dict, path: str | Path) -> Path:
     title = f"N = {cfg['tokens']}, H = {cfg['hidden']}"
     ax_m.set(xscale="log", yscale="log", xlabel="vocabulary V", ylabel="peak extra memory (MiB)", title=f"peak memory, {title}")
     ax_t.set(xscale="log", yscale="log", xlabel="vocabulary V", ylabel="forward + backward (ms)", title=f"time, {title}")
-    ax_m.legend(fontsize=8)
-    ax_t.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="build/bench")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    parser.add_argument("--device", default="auto")
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--no-full", dest="full", action="store_false", help="skip the headline size (several GiB)")
     args = parser.parse_args(argv)
     print(table(run(args.out, quick=args.quick, device=args.device, full=args.full)))

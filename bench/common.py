@@ -28,6 +28,7 @@ Peak memory
 """
 from __future__ import annotations
 
+import argparse
 import ctypes
 import ctypes.util
 import gc
@@ -316,3 +317,29 @@ def format_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
+
+
+# ------------------------------------------------------------------------------- output, CLI
+
+
+def save_figure(fig, path: str | Path, legend_fontsize: int = 8) -> Path:
+    """Add each axis's legend, lay the figure out, write it at 110 dpi and close it."""
+    import matplotlib.pyplot as plt
+
+    for ax in fig.axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=legend_fontsize)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def argument_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every ``python -m bench.<name>`` takes: --out, --quick, --device."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", default="build/bench", help="folder for the JSON file and the plot")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    return parser

@@ -16,7 +16,6 @@ see :mod:`bench.common`), and the peak extra memory of one forward+backward call
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -269,20 +268,11 @@ def plot_results(data: dict, path: str | Path) -> Path:
     n = data["config"]["batch"]
     ax_t.set(xscale="log", xlabel="classes K", ylabel="time / built-in time", title=f"forward + backward, N = {n}")
     ax_m.set(xscale="log", yscale="log", xlabel="classes K", ylabel="peak extra memory (MiB)", title=f"peak memory, N = {n} ({data['environment']['device']})")
-    ax_t.legend(fontsize=7)
-    ax_m.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path, legend_fontsize=7)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="build/bench")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    parser.add_argument("--device", default="auto")
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--solution", default=str(SOURCE_NOTEBOOK), help="notebook holding the answer cell to time")
     args = parser.parse_args(argv)
     data = run(args.out, quick=args.quick, device=args.device, solution_path=args.solution)

@@ -20,10 +20,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from utils.data import Split
-from utils.training import History, accuracy, predict_logits
+from utils.training import History, fit, predict_logits
 
 
 def _check_temperature(temperature) -> float:
@@ -90,35 +89,10 @@ def train_student(
     """
     _check_temperature(temperature)
     _check_alpha(alpha)
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0, got epochs={epochs}, batch_size={batch_size}, lr={lr}")
     device = next(student.parameters()).device
-    x, y = train.x.to(device), train.y.to(device)
+    x = train.x.to(device)
     teacher_logits = predict_logits(teacher, x).detach()
     if teacher_logits.shape[1] != predict_logits(student, x[:1]).shape[1]:
         raise ValueError("teacher and student must predict the same number of classes")
-    opt = torch.optim.Adam(student.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    history = History()
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
-    for _ in bar:
-        student.train()
-        order = torch.randperm(len(y), generator=gen).to(device)
-        total, correct = 0.0, 0
-        for i in range(0, len(y), batch_size):
-            idx = order[i : i + batch_size]
-            logits = student(x[idx])
-            loss = distillation_loss(logits, teacher_logits[idx], y[idx], temperature, alpha)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-            correct += (logits.argmax(1) == y[idx]).sum().item()
-        history.train_loss.append(total / len(y))
-        history.train_acc.append(correct / len(y))
-        if val is not None:
-            logits = predict_logits(student, val.x.to(device))
-            history.val_loss.append(F.cross_entropy(logits, val.y.to(device)).item())
-            history.val_acc.append(accuracy(logits, val.y.to(device)))
-            bar.set_postfix(val_acc=f"{history.val_acc[-1]:.3f}")
-    return history
+    return fit(student, train, lambda logits, targets, idx: distillation_loss(logits, teacher_logits[idx], targets, temperature, alpha),
+               val, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress, desc=desc)

@@ -47,10 +47,14 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(dim=1) == labels).float().mean().item()
 
 
-def train_classifier(
+BatchLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``batch_loss(logits, targets, idx)``: the loss of one mini-batch; ``idx`` are its rows of the training set."""
+
+
+def fit(
     model: nn.Module,
     train: Split,
-    loss_fn: LossFn,
+    batch_loss: BatchLoss,
     val: Split | None = None,
     epochs: int = 30,
     lr: float = 1e-2,
@@ -60,11 +64,13 @@ def train_classifier(
     progress: bool = True,
     desc: str = "training",
 ) -> History:
-    """Train ``model`` with Adam on ``train`` using ``loss_fn(logits, targets)``.
+    """The loop behind :func:`train_classifier` and :func:`utils.distill.train_student`.
 
-    The mini-batch order comes from its own generator seeded with ``seed``, so two calls with the
-    same arguments give the same model. Validation loss is the *plain* cross-entropy: a smoothed
-    loss has a floor above zero and is not comparable across smoothing values.
+    Adam on mini-batches in an order drawn from a generator seeded with ``seed``, so two calls
+    with the same arguments give the same model. ``batch_loss`` also gets the batch's row indices,
+    for losses that need more than the labels (a teacher's logits for those rows, say).
+    Validation loss is the *plain* cross-entropy: a smoothed loss has a floor above zero and is not
+    comparable across smoothing values.
     """
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0, got epochs={epochs}, batch_size={batch_size}, lr={lr}")
@@ -81,7 +87,7 @@ def train_classifier(
         for i in range(0, len(y), batch_size):
             idx = order[i : i + batch_size]
             logits = model(x[idx])
-            loss = loss_fn(logits, y[idx])
+            loss = batch_loss(logits, y[idx], idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -95,3 +101,12 @@ def train_classifier(
             history.val_acc.append(accuracy(logits, val.y.to(device)))
             bar.set_postfix(val_acc=f"{history.val_acc[-1]:.3f}")
     return history
+
+
+def train_classifier(model: nn.Module, train: Split, loss_fn: LossFn, val: Split | None = None, **options) -> History:
+    """Train ``model`` with Adam on ``train`` using ``loss_fn(logits, targets)``.
+
+    ``options`` are :func:`fit`'s: ``epochs``, ``lr``, ``batch_size``, ``weight_decay``, ``seed``,
+    ``progress``, ``desc``.
+    """
+    return fit(model, train, lambda logits, targets, idx: loss_fn(logits, targets), val, **options)
