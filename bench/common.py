@@ -132,28 +132,34 @@ def time_interleaved(
     candidates: Mapping[str, Callable[[], object]],
     device: torch.device,
     warmup: int = 2,
-    repeat: int = 7,
+    repeat: int | Callable[[float, int], int] = 7,
     min_sample_s: float = 0.02,
 ) -> dict[str, list[float]]:
     """Milliseconds per call of each candidate: ``repeat`` samples each, taken round-robin.
 
     ``warmup`` calls per candidate come first (lazy initialisation, allocator growth, caches);
     ``min_sample_s=0`` times single calls, for sizes already warmed up that take seconds.
+    ``repeat`` may also be a rule ``repeat(call_s, n_candidates)``, given the first candidate's
+    single-call time from the warm-up (``inf`` when there was none), to size the rounds to a budget.
     """
     if not candidates:
         raise ValueError("time_interleaved needs at least one candidate")
-    if warmup < 0 or repeat < 1 or min_sample_s < 0:
+    if warmup < 0 or (not callable(repeat) and repeat < 1) or min_sample_s < 0:
         raise ValueError(f"need warmup >= 0, repeat >= 1 and min_sample_s >= 0, got {warmup}, {repeat}, {min_sample_s}")
     names = list(candidates)
     if device.type == "cpu":
         allocator_steady_state()
-    number = {}
+    number, single = {}, {}
     for name in names:
-        single = math.inf
+        single[name] = math.inf
         # min_sample_s=0 means one call per sample (big sizes): no call is needed to calibrate.
         for _ in range(warmup if min_sample_s == 0 else max(warmup, 1)):
-            single = min(single, _time_calls(candidates[name], 1, device))
-        number[name] = max(1, math.ceil(min_sample_s / single)) if 0 < single < math.inf else 1
+            single[name] = min(single[name], _time_calls(candidates[name], 1, device))
+        number[name] = max(1, math.ceil(min_sample_s / single[name])) if 0 < single[name] < math.inf else 1
+    if callable(repeat):
+        repeat = repeat(single[names[0]], len(names))
+    if repeat < 1:
+        raise ValueError(f"the repeat rule gave {repeat} rounds; it must give at least 1")
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeat):
         shift = r % len(names)

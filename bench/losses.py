@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -151,7 +150,8 @@ def fixed_cost(solution: Callable, device: torch.device, quick: bool = False) ->
     logits = torch.randn(1, 10, generator=gen).to(device).requires_grad_()
     targets = torch.randint(0, 10, (1,), generator=gen).to(device)
     fns = {name: _forward_backward(fn, logits, targets) for name, fn in candidates(solution).items() if name != "dense"}
-    samples = common.time_interleaved(fns, device, warmup=1, repeat=3 if quick else MAX_ROUNDS, min_sample_s=SAMPLE_S)
+    samples = common.time_interleaved(fns, device, warmup=1, min_sample_s=SAMPLE_S,
+                                      repeat=lambda call_s, n: rounds_for(call_s, n, quick))
     return {"batch": 1, "classes": 10, "dtype": "float32", **{f"{name}_ms": round(common.median(v), 4) for name, v in samples.items()}}
 
 
@@ -172,8 +172,8 @@ def run(out_dir: str | Path = "build/bench", quick: bool = False, device: str | 
     dev = common.resolve_device(device)
     solution = load_solution(solution_path)
     batch, sizes = (QUICK_BATCH, QUICK_CLASSES) if quick else (BATCH, CLASSES)
-    # The agreement check below already runs every candidate once (and times the built-in); one
-    # more call calibrates the number of calls per sample, then interleaved rounds (see BUDGET_S).
+    # The agreement check below already runs every candidate once; one more call calibrates the
+    # number of calls per sample and, from the built-in's time, the number of rounds (see BUDGET_S).
     warmup = 1
     env = common.environment(dev)
     results = []
@@ -186,11 +186,9 @@ def run(out_dir: str | Path = "build/bench", quick: bool = False, device: str | 
             # Same numbers first: a fast wrong loss is no result.
             ref = fns["builtin"]()
             errors = {name: float((fn() - ref).abs().max()) for name, fn in fns.items()}
-            started = time.perf_counter()  # a warm call of the reference sets the number of rounds
-            fns["builtin"]()
-            common.synchronize(dev)
-            rounds = rounds_for(time.perf_counter() - started, len(fns), quick)
-            samples = common.time_interleaved(fns, dev, warmup=warmup, repeat=rounds, min_sample_s=SAMPLE_S)
+            samples = common.time_interleaved(fns, dev, warmup=warmup, min_sample_s=SAMPLE_S,
+                                              repeat=lambda call_s, n: rounds_for(call_s, n, quick))
+            rounds = len(samples["builtin"])
             ratios = common.ratio_to(samples, "builtin")
             for name, fn in fns.items():
                 results.append({
