@@ -30,7 +30,7 @@ def conda_pins() -> dict[str, str]:
             continue
         if in_deps and re.match(r"^\S", line):
             in_deps = False
-        m = re.fullmatch(r"\s+-\s+([A-Za-z0-9_.\-]+)=([^\s=]+)", line) if in_deps else None
+        m = re.fullmatch(r"\s+-\s+([A-Za-z0-9_.\-]+)==?([^\s=]+)", line) if in_deps else None
         if m and m.group(1) != "python":
             pins[CONDA_NAMES.get(m.group(1).lower(), m.group(1).lower())] = m.group(2)
     return pins
