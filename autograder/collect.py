@@ -31,9 +31,37 @@ _SAFE = re.compile(r"[^A-Za-z0-9._@+~-]")
 
 @dataclasses.dataclass
 class Submission:
+    """One row of the run. ``data`` is the notebook's bytes, read by the main process before any
+    student code runs (:func:`load`): what is graded cannot be changed afterwards by another
+    submission's kernel, sandboxed or not."""
+
     student_id: str
     path: str | None
     problem: str | None = None
+    data: bytes | None = None
+    timestamp: str | None = None
+
+
+#: a notebook larger than this is a ``failed: invalid notebook`` row, not read into memory
+MAX_NOTEBOOK_BYTES = 50 << 20
+
+
+def load(found: list[Submission]) -> list[Submission]:
+    """Read every notebook into memory (the main process, before any kernel starts)."""
+    out = []
+    for sub in found:
+        if sub.path is None or sub.problem:
+            out.append(sub)
+            continue
+        try:
+            size = Path(sub.path).stat().st_size
+            if size > MAX_NOTEBOOK_BYTES:
+                out.append(dataclasses.replace(sub, problem=f"invalid notebook: file too large ({size} bytes)"))
+                continue
+            out.append(dataclasses.replace(sub, data=Path(sub.path).read_bytes()))
+        except OSError as exc:
+            out.append(dataclasses.replace(sub, problem=f"cannot read the notebook: {exc.strerror or exc}"))
+    return out
 
 
 def safe_id(raw: str) -> str:
@@ -122,4 +150,4 @@ def collect(submissions: Path, assignment: str, staging: Path, regexp: str | Non
             while f"{sub.student_id}~{n}" in seen:
                 n += 1
             seen[f"{sub.student_id}~{n}"] = dataclasses.replace(sub, student_id=f"{sub.student_id}~{n}")
-    return [seen[k] for k in sorted(seen)]
+    return load([seen[k] for k in sorted(seen)])

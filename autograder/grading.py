@@ -137,6 +137,25 @@ class GradebookWriter:
         self.gb.close()
 
 
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_outputs(out: Path, assignment: str, result: dict) -> None:
+    """The autograded notebook and the feedback page of one submission, written by the main
+    process only (workers and kernels never write outside their private work dirs)."""
+    student = result["student_id"]
+    notebook = result.pop("autograded", None)
+    page = result.pop("feedback_html", None)
+    if notebook is not None:
+        _atomic_write(out / "autograded" / student / f"{assignment}.ipynb", notebook)
+    if page is not None:
+        _atomic_write(out / "feedback" / f"{student}.html", page)
+
+
 def write_tables(out: Path, results: list[dict], order: list[str]) -> tuple[list[dict], list[dict]]:
     """grades.csv (one row per submission), problems.csv (one per test cell), details.jsonl."""
     import json
@@ -315,7 +334,7 @@ def grade(opts: Options) -> Outcome:
             submission_timeout=opts.submission_timeout,
             limits=limits,
             use_sandbox=opts.sandbox, write_feedback=opts.feedback)
-        tasks = [(settings, s.student_id, s.path, s.problem) for s in submissions]
+        tasks = [(settings, s.student_id, s.data, s.problem) for s in submissions]
         results = []
         histogram = None
         from tqdm import tqdm
@@ -326,6 +345,7 @@ def grade(opts: Options) -> Outcome:
             if pool is not None:
                 # the main process writes each result while the workers go on grading
                 for result in pool.imap_unordered(worker.grade, tasks, chunksize=1):
+                    write_outputs(out, opts.assignment, result)
                     result["status"], disputed = status_of(result)
                     gradebook.write(result, disputed)
                     results.append(result)

@@ -35,7 +35,7 @@ from . import feedback, probe, sandbox, verifier
 
 _COULD_NOT_START = "the kernel could not start or died: "
 
-MAX_NOTEBOOK_BYTES = 50 << 20
+from .collect import MAX_NOTEBOOK_BYTES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,12 +248,15 @@ class Worker:
         return release_nb
 
     # ------------------------------------------------------------------ the pipeline
-    def grade(self, student_id: str, path: str | None, problem: str | None = None) -> dict:
+    def grade(self, student_id: str, data: bytes | None, problem: str | None = None) -> dict:
+        """Grade one notebook given as bytes. Writes nothing outside its private work dir: the
+        autograded notebook (``result["autograded"]``, JSON text) and the feedback page
+        (``result["feedback_html"]``) come back in the result for the main process to write."""
         started = self._t0 = time.monotonic()
         result = {"student_id": student_id, "assignment": self.settings.assignment,
-                  "notes": [], "failure": None, "seconds": 0.0}
+                  "notes": [], "failure": None, "seconds": 0.0, "autograded": None, "feedback_html": None}
         try:
-            self._grade(student_id, path, problem, result)
+            self._grade(student_id, data, problem, result)
         except Exception as exc:  # never lose a submission
             result["failure"] = f"grader error: {type(exc).__name__}: {exc}"
             result["traceback"] = traceback.format_exc()
@@ -269,18 +272,16 @@ class Worker:
         result["seconds"] = round(time.monotonic() - started, 3)
         return result
 
-    def _grade(self, student_id: str, path: str | None, problem: str | None, result: dict) -> None:
-        if problem or path is None:
+    def _grade(self, student_id: str, data: bytes | None, problem: str | None, result: dict) -> None:
+        if problem or data is None:
             result["failure"] = problem or "no notebook submitted"
             return
-        size = os.path.getsize(path)
-        if size > MAX_NOTEBOOK_BYTES:
-            result["failure"] = f"invalid notebook: file too large ({size} bytes)"
+        if len(data) > MAX_NOTEBOOK_BYTES:
+            result["failure"] = f"invalid notebook: file too large ({len(data)} bytes)"
             return
         raw = None
         try:
-            with open(path, encoding="utf-8") as handle:
-                raw = json.load(handle)
+            raw = json.loads(data.decode("utf-8"))
             nb = nbformat.reads(json.dumps(raw), as_version=4)
             nbformat.validate(nb)
         except Exception as exc:
@@ -384,16 +385,11 @@ class Worker:
                     for output in cell.get("outputs", []):
                         if "execution_count" in output:
                             output["execution_count"] = count
-        autograded = Path(self.settings.out_dir) / "autograded" / student_id
-        autograded.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, autograded / f"{self.settings.assignment}.ipynb")
+        result["autograded"] = nbformat.writes(nb)
         if self.feedback is not None:
             score = sum(v["score"] for v in verdicts.values())
-            page = feedback.render(self.feedback, nb, student_id, self.settings.assignment, verdicts,
-                                   score, sum(self.points.values()))
-            target = Path(self.settings.out_dir) / "feedback" / f"{student_id}.html"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(page, encoding="utf-8")
+            result["feedback_html"] = feedback.render(self.feedback, nb, student_id, self.settings.assignment,
+                                                      verdicts, score, sum(self.points.values()))
         timing["write"] = round(time.monotonic() - t, 3)
         timing["worker_cpu_total"] = round(time.process_time() - cpu0, 3)
 
@@ -575,10 +571,10 @@ def init(slots, work_dir: str | None = None, preload: list | None = None, limits
 
 
 def grade(task) -> dict:
-    """Pool task: ``(settings, student_id, path, problem)``; the Worker is built on first use."""
+    """Pool task: ``(settings, student_id, data, problem)``; the Worker is built on first use."""
     global _WORKER
-    settings, student_id, path, problem = task
+    settings, student_id, data, problem = task
     if _WORKER is None:
         _WORKER = Worker(settings, _SLOT or "w0")
         _WORKER.zygote = _EARLY_ZYGOTE
-    return _WORKER.grade(student_id, path, problem)
+    return _WORKER.grade(student_id, data, problem)
