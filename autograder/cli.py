@@ -23,11 +23,30 @@ def parser() -> argparse.ArgumentParser:
                                 description="Grade nbgrader submissions in sandboxed kernels, with verified scores.")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("grade", help="grade every submission of one assignment",
-                       description="Grade DIR/<student_id>/<ASSIGNMENT>.ipynb (or LMS zip downloads in DIR).")
+                       description="Grade the submissions of ASSIGNMENT: by default the course's submitted/ folder, "
+                                   "where `nbgrader collect` puts them; or --submissions DIR. Verified scores, flags, "
+                                   "comments, timestamps and late penalties go into the course's nbgrader gradebook; "
+                                   "feedback into feedback/<student>/ASSIGNMENT/ for `nbgrader release_feedback`. "
+                                   "Re-running grades only new or changed submissions.")
     g.add_argument("assignment", help="assignment name, e.g. ps1_smoothing (source/<name>/<name>.ipynb)")
-    g.add_argument("--submissions", type=Path, required=True,
-                   help="folder of <student_id>/<ASSIGNMENT>.ipynb, and/or LMS .zip downloads")
-    g.add_argument("--out", type=Path, default=None, help="output folder (default build/grades/ASSIGNMENT)")
+    g.add_argument("--submissions", type=Path, default=None,
+                   help="where the submissions are (default: the course's submitted/ folder, i.e. "
+                        "submitted/<student_id>/ASSIGNMENT/ASSIGNMENT.ipynb with nbgrader's timestamp.txt, as "
+                        "`nbgrader collect` leaves them); or a folder of <student_id>/ASSIGNMENT.ipynb, "
+                        "and/or LMS .zip downloads")
+    g.add_argument("--out", type=Path, default=None,
+                   help="the grader's own results: grades.csv, problems.csv, results.jsonl (the journal), "
+                        "feedback/<student_id>.html links, histogram (default build/grades/ASSIGNMENT; "
+                        "not the course root)")
+    g.add_argument("--force", action="store_true",
+                   help="grade every submission again (default: only new or changed ones; earlier results "
+                        "are kept)")
+    g.add_argument("--db-url", default=None,
+                   help="nbgrader gradebook to record into (default: the course's CourseDirectory.db_url, "
+                        "SQLite gradebook.db at the course root unless nbgrader_config.py says otherwise)")
+    g.add_argument("--private", action="store_true",
+                   help="a trial run that leaves the course alone: gradebook.db, autograded/ and feedback/ "
+                        "go under --out instead of the course's")
     g.add_argument("--workers", type=_positive, default=None, help="parallel workers (default: number of cores)")
     g.add_argument("--timeout", type=_positive, default=30,
                    help="seconds per notebook cell before it is interrupted (default 30)")
@@ -67,12 +86,19 @@ def main(argv: list[str] | None = None) -> int:
         assignment=args.assignment, submissions=args.submissions, out=args.out,
         workers=args.workers, cell_timeout=args.timeout, submission_timeout=args.submission_timeout,
         memory_mb=args.memory_mb, zip_regexp=args.zip_regexp, course_root=args.course_root,
-        sandbox=not args.no_sandbox, progress=not args.quiet, feedback=not args.no_feedback)
+        sandbox=not args.no_sandbox, progress=not args.quiet, feedback=not args.no_feedback,
+        force=args.force, private=args.private, db_url=args.db_url)
+    from . import journal
+
     try:
         outcome = grading.grade(opts)
-    except (ValueError, verifier.SetupError) as exc:
+    except (ValueError, verifier.SetupError, journal.Busy) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: every result recorded so far is kept; run the same command again to grade "
+              "the rest", file=sys.stderr)
+        return 130
     if not args.quiet:
         print(report.summary(outcome))
     return 0

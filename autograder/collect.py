@@ -114,7 +114,7 @@ def _from_archives(archives: list[Path], assignment: str, staging: Path, regexp:
         stamp = info.get("timestamp") or ""
         if student not in best or stamp >= best[student][0]:
             best[student] = (stamp, str(path))
-    out = [Submission(s, p) for s, (_, p) in sorted(best.items())]
+    out = [Submission(s, p, timestamp=t or None) for s, (t, p) in sorted(best.items())]
     for path in unmatched:
         out.append(Submission(safe_id("unmatched-" + path.stem), None,
                               f"cannot tell the student from the file name {path.name!r} "

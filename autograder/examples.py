@@ -10,7 +10,8 @@ For every assignment with a release notebook, three submissions are built from i
 * ``stub``: the release notebook untouched, as a student who did nothing would hand it in;
 
 written to ``OUT/<assignment>/<student>/<assignment>.ipynb`` and graded with the course's grader
-into ``build/grades/<assignment>`` (``make course`` runs this; ``make grade`` grades them again).
+into ``build/grades/<assignment>`` as a private run (its own gradebook there: the example
+students never reach the course's gradebook or feedback/). ``make course`` runs this.
 The exit status is 1 when a result is not what it must be (correct: full marks and ``graded``;
 stub: 0; wrong: fewer points than correct), so a broken assignment or grader stops the build.
 """
@@ -165,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     folders = write_examples(args.out, names)
     problems = []
     for assignment, folder in folders.items():
+        # private: the example students stay out of the course's gradebook and feedback/
         outcome = grading.grade(grading.Options(assignment=assignment, submissions=folder,
-                                                out=args.grades / assignment, workers=args.workers))
+                                                out=args.grades / assignment, workers=args.workers,
+                                                private=True))
         print(report.summary(outcome))
         print()
         rows = {r["student_id"]: r for r in outcome.rows}

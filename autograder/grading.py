@@ -1,17 +1,31 @@
-"""The grade command: prepare once, grade every submission in parallel, write the results.
+"""The grade command: collect -> run -> verify -> record -> report.
 
-Main process: the gradebook (nbgrader ``generate_assignment`` into ``OUT/gradebook.db``), the
-verifier's plan (:func:`autograder.verifier.record`), the list of submissions, then a pool of
-long-lived worker processes (:mod:`autograder.worker`), one sandboxed kernel per submission.
-Results come back as plain dicts; the main process alone writes the gradebook (verified scores,
-flags as "needs manual grade"), ``grades.csv``, ``problems.csv``, nbgrader's CSV export, the
-histogram, and prints the summary. Output order and content do not depend on ``--workers``.
+* collect: the submissions, by default from the course's ``submitted/`` (``nbgrader collect``'s
+  ``<student>/<assignment>/<assignment>.ipynb`` with ``timestamp.txt``), or a folder / LMS zips
+  (:mod:`autograder.collect`); the main process reads every notebook into memory;
+* run + verify: a pool of long-lived worker processes (:mod:`autograder.worker`), one sandboxed
+  kernel per submission, nbgrader's in-kernel scores and the verifier's trusted scores; only the
+  submissions that are new or changed since the last run (content hash, timestamp, grader and
+  assignment version: :func:`autograder.journal.submission_key`) unless ``force``;
+* record (:func:`grade`'s ``_on_result``, once per result, in the main process only): the
+  autograded notebook and feedback page where nbgrader keeps them, the verified scores, flags,
+  comments, timestamp and late penalty into the course's gradebook
+  (:mod:`autograder.gradebook`), then one fsynced line in ``OUT/results.jsonl``
+  (:mod:`autograder.journal`): an interrupted run loses nothing it had recorded;
+* report: ``grades.csv``, ``problems.csv``, ``details.jsonl`` rebuilt from the journal (one row
+  per submission), nbgrader's CSV export, the histogram, the summary.
+
+Nothing existing is deleted: results are replaced one submission at a time, atomically.
+Output order and content do not depend on ``--workers``.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
 import dataclasses
+import datetime
+import hashlib
+import json
 import logging
 import multiprocessing
 import os
@@ -20,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import collect, sandbox
+from . import collect, gradebook, journal, sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 @dataclasses.dataclass
 class Options:
     assignment: str
-    submissions: Path
+    submissions: Path | None = None   # None: the course's submitted/ folder
     out: Path | None = None
     workers: int | None = None
     cell_timeout: int = 30
@@ -39,6 +53,9 @@ class Options:
     sandbox: bool = True
     progress: bool = True
     feedback: bool = True
+    force: bool = False               # grade every submission again, even unchanged ones
+    private: bool = False             # gradebook, autograded/ and feedback/ under OUT, not the course's
+    db_url: str | None = None         # the gradebook (default: the course's CourseDirectory.db_url)
 
 
 @dataclasses.dataclass
@@ -49,6 +66,10 @@ class Outcome:
     seconds: float
     sandbox: sandbox.SandboxStatus | None
     max_score: float
+    graded: int = 0             # submissions graded by this run
+    reused: int = 0             # unchanged since an earlier run: its results were kept
+    target: gradebook.Target | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def course_root(explicit: Path | None, assignment: str) -> Path:
@@ -102,62 +123,10 @@ def build_gradebook(root: Path, assignment: str, db_path: Path, release_out: Pat
             os.chdir(cwd)
 
 
-class GradebookWriter:
-    """Verified scores into nbgrader's gradebook, one submission at a time; disputed test
-    cells are marked as needing manual grading (formgrader lists them)."""
-
-    def __init__(self, db_path: Path, assignment: str):
-        self.db_path, self.assignment = db_path, assignment
-
-    def __enter__(self):
-        import warnings
-
-        from nbgrader.api import Gradebook
-        from sqlalchemy.exc import SAWarning
-
-        warnings.filterwarnings("ignore", category=SAWarning)  # nbgrader's "not in session" noise
-        self.gb = Gradebook(f"sqlite:///{self.db_path}")
-        return self
-
-    def write(self, result: dict, disputed: set) -> None:
-        gb, student = self.gb, result["student_id"]
-        gb.update_or_create_student(student)
-        gb.update_or_create_submission(self.assignment, student)
-        notebook = gb.find_submission_notebook(self.assignment, self.assignment, student)
-        for grade in notebook.grades:
-            verdict = result["verdicts"].get(grade.name)
-            if verdict is not None:
-                grade.auto_score = verdict["score"]
-                grade.needs_manual_grade = grade.name in disputed
-        for comment in notebook.comments:
-            comment.auto_comment = result["status"] if result["status"] != "graded" else None
-        gb.db.commit()
-
-    def __exit__(self, *exc):
-        self.gb.close()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_outputs(out: Path, assignment: str, result: dict) -> None:
-    """The autograded notebook and the feedback page of one submission, written by the main
-    process only (workers and kernels never write outside their private work dirs)."""
-    student = result["student_id"]
-    notebook = result.pop("autograded", None)
-    page = result.pop("feedback_html", None)
-    if notebook is not None:
-        _atomic_write(out / "autograded" / student / f"{assignment}.ipynb", notebook)
-    if page is not None:
-        _atomic_write(out / "feedback" / f"{student}.html", page)
-
-
 def write_tables(out: Path, results: list[dict], order: list[str]) -> tuple[list[dict], list[dict]]:
-    """grades.csv (one row per submission), problems.csv (one per test cell), details.jsonl."""
+    """grades.csv (one row per submission), problems.csv (one per test cell), details.jsonl;
+    each written to a temporary name and renamed (a crash leaves the old file or the new one)."""
+    import io
     import json
 
     rows, problems = [], []
@@ -168,33 +137,29 @@ def write_tables(out: Path, results: list[dict], order: list[str]) -> tuple[list
             verdict = result["verdicts"][grade_id]
             problems.append({"student_id": result["student_id"], "grade_id": grade_id,
                              "score": _fmt(verdict["score"]), "max_score": _fmt(verdict["max_score"])})
-    with open(out / "grades.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, ["student_id", "score", "max_score", "status"])
+
+    def table(fields, items) -> str:
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, fields)
         writer.writeheader()
-        writer.writerows(rows)
-    with open(out / "problems.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, ["student_id", "grade_id", "score", "max_score"])
-        writer.writeheader()
-        writer.writerows(problems)
-    with open(out / "details.jsonl", "w", encoding="utf-8") as handle:
-        for result in results:
-            handle.write(json.dumps({k: v for k, v in result.items() if k != "traceback"}) + "\n")
+        writer.writerows(items)
+        return buffer.getvalue()
+
+    gradebook.atomic_write(out / "grades.csv", table(["student_id", "score", "max_score", "status"], rows))
+    gradebook.atomic_write(out / "problems.csv", table(["student_id", "grade_id", "score", "max_score"], problems))
+    gradebook.atomic_write(out / "details.jsonl", "".join(
+        json.dumps({k: v for k, v in r.items() if k not in _PRIVATE_FIELDS}) + "\n" for r in results))
     return rows, problems
+
+
+#: journal fields that are not part of a result as details.jsonl shows it
+_PRIVATE_FIELDS = ("traceback", "key", "final", "feedback_page")
 
 
 def _histogram(scores, max_score, path, title):
     from . import report
 
     return report.histogram(scores, max_score, path, title)
-
-
-def export_gradebook(db_path: Path, target: Path) -> None:
-    """nbgrader's own CSV export of the gradebook."""
-    from nbgrader.api import Gradebook
-    from nbgrader.plugins.export import CsvExportPlugin
-
-    with Gradebook(f"sqlite:///{db_path}") as gb:
-        CsvExportPlugin(to=str(target)).export(gb)
 
 
 def status_of(result: dict) -> tuple[str, set]:
@@ -274,25 +239,89 @@ def prepare(root: Path, assignment: str, cache: Path) -> Path:
     return cache
 
 
+#: a failure of the grader itself, not of the submission: recorded, and graded again next run
+INFRASTRUCTURE_FAILURES = ("grader error", "worker lost")
+#: grader modules whose code does not change a verdict (their edits keep earlier results valid)
+_PRESENTATION = {"report.py", "examples.py", "release.py", "cli.py", "__main__.py", "journal.py", "dispatch.py"}
+
+
+def grader_version(root: Path, assignment: str, opts: Options, target: gradebook.Target,
+                   status: sandbox.SandboxStatus | None) -> str:
+    """What every result of this run depends on besides the notebook: the assignment and the
+    course config (:func:`cache_key`), the grader's code, the grading options, the sandbox,
+    and where results are recorded."""
+    digest = hashlib.sha256(cache_key(root, assignment).encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.name not in _PRESENTATION:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest.update(json.dumps([opts.cell_timeout, opts.submission_timeout, opts.memory_mb, opts.feedback,
+                              bool(status and status.available), target.db_url, str(target.root)]).encode())
+    return digest.hexdigest()
+
+
+def output_folder(opts: Options, root: Path, target_course: gradebook.Target | None) -> Path:
+    """``--out`` (default build/grades/ASSIGNMENT), refused where it would mix with the course's
+    own folders (``--out .`` once replaced the course's gradebook.db, feedback/ and autograded/)."""
+    out = Path(opts.out or root / "build" / "grades" / opts.assignment).resolve()
+    if out == root or root.is_relative_to(out):
+        raise ValueError(f"--out {out} is the course root or above it: grading results would mix with the "
+                         "course's gradebook.db, feedback/ and autograded/ (nbgrader's). Pick a folder of "
+                         f"its own, e.g. {root / 'build' / 'grades' / opts.assignment}")
+    coursedir = gradebook.course_directory(root)
+    for step in ("source_directory", "release_directory", "submitted_directory", "autograded_directory",
+                 "feedback_directory"):
+        folder = (root / getattr(coursedir, step)).resolve()
+        if out == folder or out.is_relative_to(folder):
+            raise ValueError(f"--out {out} is inside the course's {folder.name}/ folder, which nbgrader manages: "
+                             "pick a folder of its own")
+    return out
+
+
+@dataclasses.dataclass
+class _Item:
+    """One submission of this run, with what the record step needs from its folder."""
+
+    sub: collect.Submission
+    notes: dict           # timestamp.txt and submission_secret.txt, as found next to the notebook
+    timestamp: datetime.datetime | None
+    key: str = ""
+
+
+def _items(subs: list[collect.Submission]) -> list[_Item]:
+    items = []
+    for sub in subs:
+        notes = gradebook.submission_notes(sub.path)
+        raw = notes.get("timestamp.txt") or sub.timestamp
+        try:
+            when = gradebook.parse_timestamp(raw)
+        except ValueError:
+            when = None
+            notes.pop("timestamp.txt", None)
+        items.append(_Item(sub, notes, when))
+    return items
+
+
 def grade(opts: Options) -> Outcome:
     started = time.monotonic()
     _log(opts, started, "start")
+    _quiet_nbgrader()
+    root = course_root(opts.course_root, opts.assignment)
+    course = gradebook.course_target(root, opts.db_url)
+    out = output_folder(opts, root, course)
+    with journal.lock(out):
+        return _grade(opts, root, out, course, started)
+
+
+def _grade(opts: Options, root: Path, out: Path, course: gradebook.Target, started: float) -> Outcome:
     import torch
 
     torch.set_num_threads(1)
     from . import verifier, worker
 
-    _quiet_nbgrader()
-    root = course_root(opts.course_root, opts.assignment)
     source_nb = root / "source" / opts.assignment / f"{opts.assignment}.ipynb"
-    out = Path(opts.out or root / "build" / "grades" / opts.assignment).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("grades.csv", "problems.csv", "gradebook.db", "nbgrader_export.csv", "histogram.png",
-                 "details.jsonl"):
-        (out / name).unlink(missing_ok=True)
-    for name in ("feedback", "autograded", ".work"):
-        shutil.rmtree(out / name, ignore_errors=True)
+    target = gradebook.private_target(out, course.course_id) if opts.private else course
     work = out / ".work"
+    shutil.rmtree(work, ignore_errors=True)  # the scratch space of an earlier, interrupted run
     work.mkdir()
     os.chmod(work, 0o711)
 
@@ -304,13 +333,34 @@ def grade(opts: Options) -> Outcome:
         print(f"WARNING: no sandbox: {status.reason}. Grading goes on with rlimits only: student "
               "code can read and write what the grader can.", file=sys.stderr)
 
-    submissions = collect.collect(opts.submissions, opts.assignment, work / "collected", opts.zip_regexp)
-    workers = max(1, min(opts.workers or os.cpu_count() or 1, max(1, len(submissions))))
-    _preload()
-    _log(opts, started, "modules loaded")
+    # ---- collect
+    folder = opts.submissions
+    if folder is None:
+        folder = gradebook.submitted_directory(root)
+        if not folder.is_dir():
+            raise ValueError(f"no submissions: {folder} does not exist. Run `nbgrader collect {opts.assignment}` "
+                             "first, or pass --submissions DIR (a folder or LMS zips)")
+    items = _items(collect.collect(folder, opts.assignment, work / "collected", opts.zip_regexp))
+    version = grader_version(root, opts.assignment, opts, target, status)
+    for item in items:
+        stamp = item.timestamp.isoformat() if item.timestamp else None
+        item.key = journal.submission_key(version, item.sub.data, item.sub.problem, stamp)
+    book = journal.Journal(out)
+    earlier = book.read()
+    recorded = gradebook.recorded_students(target, opts.assignment)
+    todo = [i for i in items if opts.force or not _still_valid(earlier.get(i.key), recorded)]
+    by_student = {i.sub.student_id: i for i in items}
+    assignment = verifier.SourceAssignment(opts.assignment, source_nb)
+    notes = []
 
-    # Start the workers now, by fork: they inherit the loaded modules (no second import of
-    # torch and nbgrader) and wait for tasks while the preparation below runs.
+    # ---- run + verify, on the submissions that need it
+    workers = max(1, min(opts.workers or os.cpu_count() or 1, max(1, len(todo))))
+    if todo:
+        _preload()
+    _log(opts, started, "modules loaded")
+    # Start the workers now, by fork, before any database connection is opened: they inherit
+    # the loaded modules (no second import of torch and nbgrader) and wait for tasks while the
+    # preparation below runs.
     ctx = multiprocessing.get_context("fork")
     slots = ctx.Queue()
     for index in range(workers):
@@ -318,13 +368,36 @@ def grade(opts: Options) -> Outcome:
     limits = sandbox.Limits(cpu_seconds=opts.submission_timeout * 2 + 60, memory_bytes=opts.memory_mb << 20)
     pool = ctx.Pool(workers, initializer=worker.init,
                     initargs=(slots, str(work), worker.preload_modules(notebook=source_nb), limits, opts.sandbox)) \
-        if submissions else None
+        if todo else None
+    fresh: dict[str, dict] = {}
+    recorder = None
     try:
         _log(opts, started, "pool started")
         cache = prepare(root, opts.assignment, out / ".cache")
-        shutil.copyfile(cache / "gradebook.db", out / "gradebook.db")
-        assignment = verifier.SourceAssignment(opts.assignment, source_nb)
+        done = gradebook.ensure_assignment(target, root, opts.assignment, cache / "gradebook.db")
+        if done:
+            notes.append(done)
         _log(opts, started, "gradebook and plan ready")
+        recorder = gradebook.Recorder(target, opts.assignment, gradebook.course_config(root))
+        book.open()
+
+        def _on_result(result: dict) -> None:
+            """Record one graded submission (main process only): its autograded notebook and
+            feedback page, the gradebook, then its line in the journal, the commit point."""
+            item = by_student[result["student_id"]]
+            result["status"], disputed = status_of(result)
+            result["timestamp"] = item.timestamp.isoformat() if item.timestamp else None
+            page = gradebook.write_submission(target, opts.assignment, result, item.notes, item.timestamp)
+            result.pop("autograded", None)
+            result.pop("feedback_html", None)
+            if page is not None:
+                gradebook.link_or_copy(page, out / "feedback" / f"{result['student_id']}.html")
+            result.update(recorder.record(result, disputed, item.timestamp))
+            result.update(key=item.key, feedback_page=str(page) if page else None,
+                          final=not str(result.get("failure") or "").startswith(INFRASTRUCTURE_FAILURES))
+            book.append(result)
+            fresh[item.key] = result
+            bar.update(1)
 
         settings = worker.Settings(
             assignment=opts.assignment, course_root=str(root), source_notebook=str(source_nb),
@@ -334,46 +407,58 @@ def grade(opts: Options) -> Outcome:
             submission_timeout=opts.submission_timeout,
             limits=limits,
             use_sandbox=opts.sandbox, write_feedback=opts.feedback)
-        tasks = [(settings, s.student_id, s.data, s.problem) for s in submissions]
-        results = []
-        histogram = None
+        tasks = [(settings, i.sub.student_id, i.sub.data, i.sub.problem) for i in todo]
         from tqdm import tqdm
 
         bar = tqdm(total=len(tasks), desc=f"grading {opts.assignment}", unit="sub",
                    disable=not opts.progress or not tasks, file=sys.stderr)
-        with GradebookWriter(out / "gradebook.db", opts.assignment) as gradebook:
-            if pool is not None:
-                # the main process writes each result while the workers go on grading
-                for result in pool.imap_unordered(worker.grade, tasks, chunksize=1):
-                    write_outputs(out, opts.assignment, result)
-                    result["status"], disputed = status_of(result)
-                    gradebook.write(result, disputed)
-                    results.append(result)
-                    bar.update(1)
-                scores = sorted(float(r["score"]) for r in results)
-                histogram = pool.apply_async(_histogram, (scores, assignment.max_score, out / "histogram.png",
-                                                          opts.assignment))
+        if pool is not None:
+            # the main process records each result while the workers go on grading
+            for result in pool.imap_unordered(worker.grade, tasks, chunksize=1):
+                _on_result(result)
         bar.close()
         _log(opts, started, "all graded")
-        results.sort(key=lambda r: r["student_id"])
-        export_gradebook(out / "gradebook.db", out / "nbgrader_export.csv")
+
+        # ---- report: one row per submission of this collection, from the journal
+        every = {**earlier, **fresh}
+        results = sorted((every[i.key] for i in items), key=lambda r: r["student_id"])
+        histogram = None
+        if pool is not None:
+            histogram = pool.apply_async(_histogram, ([float(r["score"]) for r in results], assignment.max_score,
+                                                      out / "histogram.png", opts.assignment))
+        gradebook.export(target, opts.assignment, out / "nbgrader_export.csv")
         rows, problems = write_tables(out, results, [t.grade_id for t in assignment.tests])
+        absent = {r["student_id"]: r for r in every.values() if r["student_id"] not in by_student}
+        book.compact(results + sorted(absent.values(), key=lambda r: r["student_id"]))
         if histogram is not None:
             histogram.get(timeout=120)
         else:
-            _histogram([], assignment.max_score, out / "histogram.png", opts.assignment)
+            _histogram([float(r["score"]) for r in results], assignment.max_score, out / "histogram.png",
+                       opts.assignment)
     except BaseException:
         if pool is not None:
             pool.terminate()
             pool = None
         raise
     finally:
+        book.close()
+        if recorder is not None:
+            recorder.close()
         if pool is not None:
             pool.close()
             pool.join()
-    for result in results:
+    for result in fresh.values():
         if result.get("traceback"):
             print(f"grader error for {result['student_id']}:\n{result['traceback']}", file=sys.stderr)
     shutil.rmtree(work, ignore_errors=True)
     _log(opts, started, "results written")
-    return Outcome(rows, problems, out, time.monotonic() - started, status, assignment.max_score)
+    return Outcome(rows, problems, out, time.monotonic() - started, status, assignment.max_score,
+                   graded=len(fresh), reused=len(items) - len(todo), target=target, notes=notes)
+
+
+def _still_valid(record: dict | None, recorded: set[str]) -> bool:
+    """An earlier result can stand: complete, still in the gradebook, its feedback page there."""
+    if record is None or not record.get("final", False) or record["student_id"] not in recorded:
+        return False
+    page = record.get("feedback_page")
+    return page is None or Path(page).is_file()

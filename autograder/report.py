@@ -34,6 +34,10 @@ def summary(outcome) -> str:
     kinds = Counter(r["status"].split(":")[0] for r in rows)
     lines.append(f"{len(rows)} submissions in {outcome.seconds:.1f} s  |  "
                  + ", ".join(f"{kinds.get(k, 0)} {k}" for k in ("graded", "flagged", "failed")))
+    reused = getattr(outcome, "reused", 0)
+    if reused:
+        lines.append(f"{getattr(outcome, 'graded', 0)} graded by this run, {reused} unchanged since an earlier run "
+                     "(results kept; --force grades them again)")
     if scores:
         lines.append(f"score out of {outcome.max_score:g}: mean {statistics.mean(scores):.2f}, "
                      f"median {statistics.median(scores):g}, min {min(scores):g}, max {max(scores):g}")
@@ -53,6 +57,13 @@ def summary(outcome) -> str:
     for r in rows:
         lines.append(f"{r['student_id'].ljust(width)}  {r['score']:>3} / {r['max_score']:<3}  {r['status']}")
     lines.append("")
-    lines.append(f"results in {outcome.out}: grades.csv, problems.csv, feedback/, gradebook.db, "
+    for note in getattr(outcome, "notes", []):
+        lines.append(note)
+    lines.append(f"results in {outcome.out}: grades.csv, problems.csv, results.jsonl, feedback/<student>.html, "
                  f"nbgrader_export.csv, histogram.png")
+    target = getattr(outcome, "target", None)
+    if target is not None:
+        lines.append(f"gradebook: {target.describe()}; autograded/ and feedback/<student>/<assignment>/ under "
+                     f"{target.root}" + ("" if target.private else
+                                        " (`nbgrader release_feedback` hands the pages to the students)"))
     return "\n".join(lines)
