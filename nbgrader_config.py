@@ -1,23 +1,46 @@
 """nbgrader configuration of the course. The repository root is the course root.
 
 Assignments live in source/<name>/<name>.ipynb; `python -m autograder.release` (`make release`)
-writes the student versions to release/. Grading adds two preprocessors from
-autograder/nbgrader_ext.py: a warning printed by a correct answer does not cost points, and
-feedback shows the tests' messages without the hidden test code.
+writes the student versions to release/. Grading adds preprocessors from
+autograder/nbgrader_ext.py: a warning printed by a correct answer does not cost points, no false
+"checksum has changed" warnings, and feedback shows the tests' verdicts, never hidden test code.
 """
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
 from nbgrader.preprocessors import (
     AssignLatePenalties,
     CheckCellMetadata,
-    ClearHiddenTests,
+    ClearOutput,
+    DeduplicateIds,
     Execute,
     GetGrades,
     IgnorePattern,
     LimitOutput,
+    OverwriteKernelspec,
     SaveAutoGrades,
 )
 
-from autograder.nbgrader_ext import StderrIsNotFailure, TrimTracebacks
+# The course's extensions. nbgrader catches any exception raised in this file, logs it and goes on
+# with its stock pipelines (stock feedback shows hidden tests), so a failed import must not raise
+# here: the names become dotted paths that nbgrader imports when a command needs them, and that
+# command (autograde, generate_feedback, formgrader's buttons, the course's grader) stops with
+# "No module named 'autograder'" and exit status 1. tests/test_feedback.py proves it.
+try:
+    from autograder.nbgrader_ext import (
+        OverwriteCellsHiddenAware,
+        SafeFeedback,
+        StderrIsNotFailure,
+    )
+except ImportError as _exc:
+    import sys as _sys
+
+    _sys.stderr.write(
+        f"nbgrader_config.py: ERROR: cannot import autograder.nbgrader_ext ({_exc}).\n"
+        "  autograde and generate_feedback will refuse to run: without the course's extensions nbgrader's\n"
+        "  stock feedback would show the hidden tests. Install the course package in this environment\n"
+        "  (pip install -e <course root>) or run nbgrader from the course root.\n")
+    _sys.stderr.flush()
+    OverwriteCellsHiddenAware, SafeFeedback, StderrIsNotFailure = (
+        f"autograder.nbgrader_ext.{_name}" for _name in ("OverwriteCellsHiddenAware", "SafeFeedback", "StderrIsNotFailure"))
 
 c = get_config()  # noqa: F821 (provided by traitlets when it loads this file)
 
@@ -38,10 +61,24 @@ c.Autograde.autograde_preprocessors = [
     CheckCellMetadata,
 ]
 
-# Feedback: the grades, the tests' messages, and no hidden test code.
+# nbgrader's sanitize step, with OverwriteCells minus the false "checksum has changed" warnings of
+# nbgrader #1961 (real edits of locked cells are still reported and restored).
+c.Autograde.sanitize_preprocessors = [
+    ClearOutput,
+    DeduplicateIds,
+    OverwriteKernelspec,
+    OverwriteCellsHiddenAware,
+    CheckCellMetadata,
+]
+
+# Feedback: the grades and the tests' messages; no test cell's source or outputs, no student HTML
+# (SafeFeedback renders the page body with autograder/feedback.py, bounded in time and memory).
 c.GenerateFeedback.preprocessors = [
     GetGrades,
-    ClearHiddenTests,
-    TrimTracebacks,
+    SafeFeedback,
     CSSHTMLHeaderPreprocessor,
 ]
+
+# Validate fails when any cell raises, the visible (ungraded) check cells included: an untouched
+# stub or a wrong answer must not see "Success!". Grades and points are unchanged.
+c.Validator.validate_all = True

@@ -387,12 +387,12 @@ def test_feedback_tracebacks_are_trimmed():
 
 
 def test_config_plugs_the_extensions_in():
-    from nbgrader.preprocessors import ClearHiddenTests, Execute
+    from nbgrader.preprocessors import Execute
     from traitlets.config.loader import PyFileConfigLoader
 
-    from autograder.nbgrader_ext import StderrIsNotFailure, TrimTracebacks
+    from autograder.nbgrader_ext import SafeFeedback, StderrIsNotFailure
 
     config = PyFileConfigLoader("nbgrader_config.py", path=str(REPO)).load_config()
     pipeline = config.Autograde.autograde_preprocessors
     assert pipeline[pipeline.index(Execute) + 1] is StderrIsNotFailure
-    assert ClearHiddenTests in config.GenerateFeedback.preprocessors and TrimTracebacks in config.GenerateFeedback.preprocessors
+    assert SafeFeedback in config.GenerateFeedback.preprocessors  # replaces ClearHiddenTests + TrimTracebacks
