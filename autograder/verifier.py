@@ -47,6 +47,8 @@ WATCHED = [("torch",), ("torch", "nn"), ("torch", "nn", "functional"),
            ("torch", "nn", "modules", "loss"), ("torch", "_C", "_nn"), ("torch", "autograd"),
            ("torch", "Tensor"), ("builtins",)]
 #: extra static checks, by assignment and grade_id: (rule, answer name)
+#: aten ops the probe kernel watches for (at the dispatcher) while a "no built-in loss" test asks
+FORBIDDEN_OPS = ("nll_loss", "cross_entropy")
 STATIC_RULES = {
     "ps2_losses": {"test_label_smoothing_cross_entropy_no_builtin":
                    ("builtin_loss", "label_smoothing_cross_entropy")},
@@ -283,6 +285,9 @@ class _Recording:
         self.initial: dict[str, Any] = {}
         self.lib_initial: dict = {}
         self._specs: dict[int, tuple] = {}
+        self.solution_ns: dict = {}
+        self.helpers: dict[str, Any] = {}   # table key -> the test's helper (trusted side only)
+        self.tables: dict[str, dict] = {}   # table key -> {"params", "calls"}: what reaches the kernel
 
     # what the test has replaced at this moment
     def _spec(self, value: Any, where: str) -> dict:
@@ -298,11 +303,12 @@ class _Recording:
             return {"kind": "module", "name": value.__name__}
         code = getattr(value, "__code__", None)
         name = getattr(value, "__name__", None)
-        if code is not None and code.co_filename == self.filename and name:
-            for node in self.tree.body:
-                if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name:
-                    source = ast.get_source_segment(self.test.source, node)
-                    return {"kind": "def", "name": name, "source": f"{self.imports}\n\n{source}\n"}
+        if code is not None and code.co_filename == self.filename and name and callable(value):
+            # a helper the test defined: the kernel gets a table of its answers, never its code
+            key = f"{where.strip('`')}#{len(self.tables)}"
+            self.helpers[key] = value
+            self.tables.setdefault(key, {"params": _params(value, where), "calls": []})
+            return {"kind": "table", "key": key, "label": where.strip("`")}
         self.problem = self.problem or f"the test replaces {where} with something the probe cannot rebuild"
         return {"kind": "none"}
 
@@ -342,13 +348,73 @@ class _Recording:
             output.register_hook(lambda g: event["vjps"].append(g.detach().clone()))
         return output
 
+    @contextlib.contextmanager
+    def helpers_installed(self, event: dict):
+        """While the reference solution answers, the names the test replaced with its own helpers
+        are those helpers (as the kernel's stand-ins will be), each logging its calls into the
+        table the kernel gets."""
+        undo_globals, undo_attrs = [], []
+        for name, spec in event["globals"].items():
+            if spec["kind"] == "table":
+                undo_globals.append((name, self.solution_ns.get(name, MISSING)))
+                self.solution_ns[name] = self._logged(spec["key"], event)
+        for path, spec in event["attrs"]:
+            if spec["kind"] == "table":
+                owner = _resolve(path[:-1])
+                undo_attrs.append((owner, path[-1], getattr(owner, path[-1])))
+                setattr(owner, path[-1], self._logged(spec["key"], event))
+        try:
+            yield
+        finally:
+            for owner, attr, value in reversed(undo_attrs):
+                setattr(owner, attr, value)
+            for name, value in reversed(undo_globals):
+                if value is MISSING:
+                    self.solution_ns.pop(name, None)
+                else:
+                    self.solution_ns[name] = value
+
+    def _logged(self, key: str, event: dict):
+        import inspect
+
+        helper, table = self.helpers[key], self.tables[key]
+        recording = self
+
+        def logged(*args, **kwargs):
+            if event["grad"]:
+                recording.problem = recording.problem or f"the test's helper {key} is used with gradients"
+            try:
+                bound = inspect.signature(helper).bind(*args, **kwargs)
+                bound.apply_defaults()
+                arguments = _own(dict(bound.arguments))
+            except (TypeError, ValueError):
+                arguments = None
+            try:
+                output = helper(*args, **kwargs)
+            except Exception as exc:
+                outcome = {"error": {"mro": [c.__name__ for c in type(exc).__mro__], "msg": str(exc)}}
+                recording._log_helper_call(key, table, arguments, outcome)
+                raise
+            recording._log_helper_call(key, table, arguments, {"value": _own(output)})
+            return output
+
+        logged.__name__ = logged.__qualname__ = getattr(helper, "__name__", "helper")
+        return logged
+
+    def _log_helper_call(self, key: str, table: dict, arguments, outcome: dict) -> None:
+        if arguments is None or not _is_plain(arguments) or not _is_plain(outcome):
+            self.problem = self.problem or f"the test's helper {key} is called with or returns non-plain data"
+            return
+        if not any(_same(arguments, seen) for seen, _ in table["calls"]):
+            table["calls"].append((arguments, outcome))
+
     # stand-ins for the answers
     def function(self, name: str, reference):
         recording = self
 
         def recorded(*args, **kwargs):
             event = recording.add_call("call", args, kwargs, target=name)
-            with _isolated_rng():
+            with _isolated_rng(), recording.helpers_installed(event):
                 output = reference(*args, **kwargs)
             return recording.watch_gradient(event, output)
 
@@ -362,14 +428,32 @@ class _Recording:
         def new(*args, **kwargs):
             recording.handles += 1
             handle = recording.handles
-            recording.add_call("new", args, kwargs, target=name, handle=handle)
-            with _isolated_rng():
+            event = recording.add_call("new", args, kwargs, target=name, handle=handle)
+            with _isolated_rng(), recording.helpers_installed(event):
                 instance = reference(*args, **kwargs)
             return _proxy(recording, handle, name, instance, isinstance(instance, torch.nn.Module))
 
         standin = _standin_class(name, new)
         _copy_signature(standin, reference)
         return standin
+
+
+def _params(helper, where: str) -> list:
+    """A helper's parameters as plain data (name, kind, has default, default)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(helper).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    out = []
+    for p in parameters:
+        has_default = p.default is not inspect.Parameter.empty
+        default = p.default if has_default else None
+        if not _is_plain(default):
+            raise SetupError(f"the test's helper for {where} has a default that is not plain data")
+        out.append((p.name, int(p.kind), has_default, default))
+    return out
 
 
 def _copy_signature(target, reference) -> None:
@@ -422,7 +506,7 @@ def _recording_attribute(self: _Recording, handle, attr, instance):
 
         def method(*args, **kwargs):
             event = self.add_call("method", args, kwargs, handle=handle, name=attr)
-            with _isolated_rng():
+            with _isolated_rng(), self.helpers_installed(event):
                 output = value(*args, **kwargs)
             return self.watch_gradient(event, output)
 
@@ -433,7 +517,7 @@ def _recording_attribute(self: _Recording, handle, attr, instance):
 
 def _recording_call_instance(self: _Recording, handle, instance, args, kwargs):
     event = self.add_call("call_handle", args, kwargs, handle=handle)
-    with _isolated_rng():
+    with _isolated_rng(), self.helpers_installed(event):
         output = instance(*args, **kwargs)
     return self.watch_gradient(event, output)
 
@@ -453,10 +537,11 @@ class Plan:
 
     def save(self, path: Path) -> None:
         """The plan file, read by the workers (to replay), and one small file per test cell in
-        ``<path>.d/`` for the kernels (each probe loads only its own test's questions).
+        ``<path>.d/``: the questions a worker sends to the probe kernel for that test, as they are
+        (inputs, names, tables of helper answers; never code).
 
         Plain data only (``torch.load(weights_only=True)`` reads them back)."""
-        torch.save({"version": 2, "assignment": self.assignment.name, "kinds": self.kinds,
+        torch.save({"version": 3, "assignment": self.assignment.name, "kinds": self.kinds,
                     "tests": self.tests}, path)
         folder = Path(f"{path}.d")
         folder.mkdir(exist_ok=True)
@@ -466,6 +551,8 @@ class Plan:
 
 def load_plan(assignment: SourceAssignment, path: Path) -> Plan:
     data = torch.load(path, weights_only=True)
+    if data.get("version") != 3:
+        raise SetupError(f"plan {path} was written by another version of the grader: remove it")
     if data.get("assignment") != assignment.name:
         raise SetupError(f"plan {path} is for {data.get('assignment')!r}, not {assignment.name!r}")
     base: dict = {"__name__": "__main__", "__builtins__": builtins}
@@ -496,6 +583,7 @@ def record(assignment: SourceAssignment) -> Plan:
     for test in assignment.tests:
         ns = dict(reference)
         recording = _Recording(test, ns)
+        recording.solution_ns = reference
         for name, kind in kinds.items():
             if kind == "function":
                 ns[name] = recording.function(name, reference[name])
@@ -517,8 +605,36 @@ def record(assignment: SourceAssignment) -> Plan:
         for event in recording.events:
             if not _is_plain(event.get("vjps", [])):
                 raise SetupError(f"{test.grade_id}: non-plain gradient")
-        tests[test.grade_id] = {"events": recording.events, "values": values, "signatures": callables}
+        rule = STATIC_RULES.get(assignment.name, {}).get(test.grade_id)
+        for event in recording.events:
+            if rule is not None and rule[0] == "builtin_loss" and event["kind"] != "getattr":
+                event["watch_ops"] = list(FORBIDDEN_OPS)
+        tests[test.grade_id] = {"events": recording.events, "values": values, "signatures": callables,
+                                "tables": recording.tables}
+        _check_questions_only(tests[test.grade_id], test)
     return Plan(assignment, base, kinds, tests)
+
+
+def _check_questions_only(questions: dict, test: TestCell) -> None:
+    """What the kernel gets must hold no code of the test: no string of the plan may quote a
+    line of the test cell's hidden part (belt and braces for :meth:`_Recording._make_spec`)."""
+    hidden = test.source.split("### BEGIN HIDDEN TESTS", 1)[-1]
+    lines = {line.strip() for line in hidden.splitlines() if len(line.strip()) > 20}
+
+    def strings(value):
+        if type(value) is str:
+            yield value
+        elif type(value) in (list, tuple):
+            for item in value:
+                yield from strings(item)
+        elif type(value) is dict:
+            for key, item in value.items():
+                yield key
+                yield from strings(item)
+
+    for text in strings(questions):
+        if any(line in text for line in lines):
+            raise SetupError(f"{test.grade_id}: the kernel's questions would quote the hidden test")
 
 
 def _restore_libraries(snapshot: dict) -> None:
@@ -726,10 +842,22 @@ def replay(plan: Plan, grade_id: str, results: dict[str, dict], note: str | None
         return Verdict(grade_id, 0.0, test.points, f"could not verify: {session.diverged}", True)
     rule = STATIC_RULES.get(plan.assignment.name, {}).get(grade_id)
     if passed and rule is not None:
-        finding = static_findings.get(rule[1])
+        finding = static_findings.get(rule[1]) or _forbidden_ops(results)
         if finding:
             passed, message = False, f"AssertionError: {finding}"
     return Verdict(grade_id, test.points if passed else 0.0, test.points, message)
+
+
+def _forbidden_ops(results: dict[str, dict]) -> str | None:
+    """The runtime half of "no built-in loss": the probe kernel watched the dispatcher while the
+    function ran. The kernel is untrusted, so this can only take points away; the static rules
+    (:mod:`autograder.static`) are what a lying kernel cannot get around."""
+    seen = sorted({str(op) for result in results.values() if isinstance(result, dict)
+                   for op in (result.get("ops") or ()) if isinstance(op, str)})
+    if seen:
+        return (f"your function reached the built-in loss kernels at run time ({', '.join(seen[:3])}); "
+                "build the loss from log_softmax")
+    return None
 
 
 def static_findings(assignment_name: str, student_sources: list[str],
