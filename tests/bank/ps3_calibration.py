@@ -8,7 +8,8 @@ every test cell that must score 0 with that submission; all other test cells kee
 RIGHT: answers that differ from the reference solution but are correct, so they must keep all
 20 points (same ``replace`` format, ``loses`` is empty). Autograd in label_smoothing_grad is one of
 them: the task asks for the closed form, but using autograd is not a misconception the tests
-penalise.
+penalise. A float32 golden-section search is another: it shows that the 1e-5 nats asked of
+fit_temperature is within reach of float32 arithmetic, while the coarse grids of WRONG are not.
 """
 
 WRONG = {
@@ -38,6 +39,16 @@ def label_smoothing_grad(logits, targets, smoothing):
 '''},
         "hint": 'is the target (1 - eps) * one_hot + eps / K?',
         "loses": ["test_label_smoothing_grad_values"],
+    },
+    "grad_constant_over_n": {
+        # "the gradient of a mean is 1/N per entry": right scale, no softmax - q at all
+        "replace": {"label_smoothing_grad": '''
+def label_smoothing_grad(logits, targets, smoothing):
+    """Gradient of the mean label-smoothed cross-entropy with respect to the logits."""
+    n = logits.shape[0]
+    return torch.ones_like(logits) / n
+'''},
+        "loses": ["test_label_smoothing_grad_values", "test_label_smoothing_grad_mean_scale"],
     },
     # Part 2: ECE --------------------------------------------------------------------------
     "ece_unweighted": {
@@ -146,6 +157,81 @@ def fit_temperature(logits, labels):
         "hint": 'temperature scaling divides the logits by T',
         "loses": ["test_fit_temperature"],
     },
+    "temperature_coarse_grid": {
+        # 100 temperatures, evenly spaced in log T over [0.05, 20]: a fixed range, and 6 % per step
+        # is far coarser than the minimum (the NLL at a grid point can be 2e-4 nats above it)
+        "replace": {"fit_temperature": '''
+def fit_temperature(logits, labels):
+    """The temperature T > 0 that minimises the NLL of softmax(logits / T) against labels."""
+    grid = torch.logspace(math.log10(0.05), math.log10(20.0), 100).tolist()
+    return min(grid, key=lambda t: F.cross_entropy(logits / t, labels).item())
+'''},
+        "loses": ["test_fit_temperature"],
+    },
+    "temperature_wide_coarse_grid": {
+        # a range wide enough (1e-3 to 1e3), but only 61 points: 23 % per step misses the minimum
+        "replace": {"fit_temperature": '''
+def fit_temperature(logits, labels):
+    """The temperature T > 0 that minimises the NLL of softmax(logits / T) against labels."""
+    grid = torch.logspace(-3, 3, 61, dtype=torch.float64).tolist()
+    z = logits.double()
+    return min(grid, key=lambda t: F.cross_entropy(z / t, labels).item())
+'''},
+        "loses": ["test_fit_temperature"],
+    },
+    "temperature_bounded_search": {
+        # an exact golden-section search, but confined to T in [0.1, 10]: misses T = 0.05 and T = 40
+        "replace": {"fit_temperature": '''
+def fit_temperature(logits, labels):
+    """The temperature T > 0 that minimises the NLL of softmax(logits / T) against labels."""
+    z = logits.double()
+    lo, hi = math.log(0.1), math.log(10.0)
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(80):
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if F.cross_entropy(z / math.exp(a), labels) <= F.cross_entropy(z / math.exp(b), labels):
+            hi = b
+        else:
+            lo = a
+    return math.exp((lo + hi) / 2)
+'''},
+        "loses": ["test_fit_temperature"],
+    },
+    "temperature_rescales_logits_in_place": {
+        # fits T exactly, then "applies" it to the caller's logits in place: the validation logits
+        # the caller holds are changed (and a test computing the NLL afterwards would be fooled)
+        "replace": {"fit_temperature": '''
+def fit_temperature(logits, labels):
+    """The temperature T > 0 that minimises the NLL of softmax(logits / T) against labels."""
+    z = logits.double()
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(z / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    t = log_t.exp().item()
+    logits /= t  # calibrated logits for the caller
+    return t
+'''},
+        "loses": ["test_fit_temperature"],
+    },
+    "temperature_zeroes_logits": {
+        # the exploit of issue 12: zero the logits in place and claim T = 1 (the NLL of all-zero
+        # logits does not depend on T, so a test measuring the gap afterwards saw no gap)
+        "replace": {"fit_temperature": '''
+def fit_temperature(logits, labels):
+    """The temperature T > 0 that minimises the NLL of softmax(logits / T) against labels."""
+    logits.zero_()
+    return 1.0
+'''},
+        "loses": ["test_fit_temperature"],
+    },
     # Part 4: precision and recall ---------------------------------------------------------
     "precision_recall_swapped": {
         # divides by the row sum for precision and the column sum for recall
@@ -160,7 +246,9 @@ def precision_recall(confusion):
     return precision, recall
 '''},
         "hint": 'your precision is the recall',
-        "loses": ["test_precision_recall_values", "test_precision_recall_orientation"],
+        # the zero-division cell checks the ordinary entries too, so it catches the swap as well
+        "loses": ["test_precision_recall_values", "test_precision_recall_orientation",
+                  "test_precision_recall_zero_division"],
     },
     "precision_recall_nan": {
         # right orientation, but 0/0 left as NaN for a class that is never predicted
@@ -173,16 +261,41 @@ def precision_recall(confusion):
 '''},
         "loses": ["test_precision_recall_zero_division"],
     },
+    "precision_recall_integer_division": {
+        # floor division of integer counts: every ratio below 1 becomes 0 (all zeros on the
+        # zero-division matrix, where the old test only looked at the 0/0 entries)
+        "replace": {"precision_recall": '''
+def precision_recall(confusion):
+    """Per-class precision and recall from a confusion matrix."""
+    hits = confusion.diagonal()
+    predicted, actual = confusion.sum(dim=0), confusion.sum(dim=1)
+    precision = hits // predicted.clamp(min=1)
+    recall = hits // actual.clamp(min=1)
+    return precision.float(), recall.float()
+'''},
+        "loses": ["test_precision_recall_values", "test_precision_recall_orientation",
+                  "test_precision_recall_zero_division"],
+    },
     # Part 5: questions --------------------------------------------------------------------
-    "q10_others_convention": {
-        # the optimal logit gap for the eps / (K - 1) target: log(0.9 / (0.1 / 9)) = log(81)
-        "replace": {"q10": "import math\nq10 = math.log(0.9 / (0.1 / 9))\n"},
+    "q9_unweighted_bins": {
+        # averages the four bins' gaps without their counts: they nearly cancel
+        "replace": {"q9": 'q9 = "b"\n'},
+        "loses": ["test_q9"],
+    },
+    "q10_inverse_temperature": {
+        # the factor by which the logits must grow (1/T) instead of T
+        "replace": {"q10": "import math\nq10 = math.log(9 * 0.97 / 0.03) / math.log(91)\n"},
         "loses": ["test_q10"],
     },
-    "q11_recall_for_precision": {
-        # class B's row (its recall, 43/50) instead of its column (precision, 43/51)
-        "replace": {"q11": "q11 = 43 / 50\n"},
+    "q11_nan_skipping_mean": {
+        # drops the never-predicted class from the mean, as a NaN-skipping average would
+        "replace": {"q11": "q11 = (50 / 70 + 30 / 45) / 2\n"},
         "loses": ["test_q11"],
+    },
+    "q12_same_goal": {
+        # "two routes to the same goal": smoothing as a temperature applied during training
+        "replace": {"q12": 'q12 = "b"\n'},
+        "loses": ["test_q12"],
     },
 }
 
@@ -234,13 +347,28 @@ def fit_temperature(logits, labels):
 '''},
         "loses": [],
     },
-    "temperature_coarse_grid": {
-        # 100 temperatures, evenly spaced in log T over [0.05, 20]: coarse, but within tolerance
+    "temperature_golden_float32": {
+        # golden-section search on log T in float32, after widening the bracket until the NLL
+        # turns up on both sides: float32 arithmetic is enough for the 1e-5 nats the test asks for
         "replace": {"fit_temperature": '''
 def fit_temperature(logits, labels):
     """The temperature T > 0 that minimises the NLL of softmax(logits / T) against labels."""
-    grid = torch.logspace(math.log10(0.05), math.log10(20.0), 100).tolist()
-    return min(grid, key=lambda t: F.cross_entropy(logits / t, labels).item())
+    def nll(log_t):
+        return F.cross_entropy(logits / math.exp(log_t), labels).item()
+
+    lo, mid, hi = -1.0, 0.0, 1.0
+    while nll(lo) < nll(mid):
+        lo, mid, hi = lo - 2 * (mid - lo), lo, mid
+    while nll(hi) < nll(mid):
+        lo, mid, hi = mid, hi, hi + 2 * (hi - mid)
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(60):
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if nll(a) <= nll(b):
+            hi = b
+        else:
+            lo = a
+    return math.exp((lo + hi) / 2)
 '''},
         "loses": [],
     },
