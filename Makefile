@@ -10,10 +10,18 @@ STAMP  := $(VENV)/.installed
 DEVICE ?= auto
 SEED   ?= 0
 FAST   ?= 0
-# Grading
+# Grading: SUBMISSIONS empty = the course's submitted/ (where `nbgrader collect` puts them)
 ASSIGNMENT ?= ps1_smoothing
-SUBMISSIONS ?= build/example_submissions/$(ASSIGNMENT)
+SUBMISSIONS ?=
 WORKERS ?=
+FORCE ?=
+# JupyterLab: extra arguments, e.g. make lab LAB_ARGS="--no-browser --port 8899"
+LAB_ARGS ?=
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
+# The instructor's own Jupyter settings (before the build/ ones below): `make lab` uses them.
+LAB_ENV := $(foreach v,JUPYTER_CONFIG_DIR JUPYTER_DATA_DIR JUPYTER_RUNTIME_DIR IPYTHONDIR MPLCONFIGDIR,\
+             $(if $(filter environment%,$(origin $(v))),$(v)=$($(v)),-u $(v)))
 
 # Jupyter, IPython and matplotlib write to $HOME by default: keep them inside build/.
 export JUPYTER_CONFIG_DIR  := $(CURDIR)/build/jupyter/config
@@ -39,7 +47,8 @@ $(STAMP): requirements.txt pyproject.toml
 ## release and grade the bundled example submissions.
 course: setup notebooks release examples
 
-## release: regenerate release/ from source/ with nbgrader generate_assignment.
+## release: regenerate release/ from source/ with nbgrader generate_assignment, and record the
+## assignments in the course's gradebook (so release/ and the gradebook agree).
 release: setup
 	$(PY) -m autograder.release
 
@@ -47,9 +56,10 @@ release: setup
 examples: setup
 	$(PY) -m autograder.examples --out build/example_submissions
 
-## grade: make grade ASSIGNMENT=ps1_smoothing SUBMISSIONS=path/to/submissions [WORKERS=2]
+## grade: make grade ASSIGNMENT=ps1_smoothing [SUBMISSIONS=DIR] [WORKERS=2] [FORCE=1]
+## (default: the course's submitted/; results into the course's gradebook and feedback/)
 grade: setup
-	$(PY) -m autograder grade $(ASSIGNMENT) --submissions $(SUBMISSIONS) $(if $(WORKERS),--workers $(WORKERS))
+	$(PY) -m autograder grade $(ASSIGNMENT) $(if $(SUBMISSIONS),--submissions $(SUBMISSIONS)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
 
 ## bench: every benchmark; JSON in build/bench/, a table on the terminal, plots beside.
 bench: setup
@@ -62,12 +72,13 @@ notebooks: setup
 test: setup
 	$(PY) -m pytest
 
-## lab: JupyterLab in the venv, nbgrader's extensions enabled.
+## lab: JupyterLab in the venv, nbgrader's extensions enabled, with the instructor's own Jupyter
+## configuration (~/.jupyter: exchange root, course id); make lab LAB_ARGS="--no-browser --port 8899"
 lab: setup
 	@# pip installs nbgrader's lab and server extensions enabled; show them before starting
-	@$(VENV)/bin/jupyter labextension list 2>&1 | grep "@jupyter/nbgrader"
-	@$(VENV)/bin/jupyter server extension list 2>&1 | grep "nbgrader.server_extensions"
-	$(VENV)/bin/jupyter lab --notebook-dir=$(CURDIR)
+	@env $(LAB_ENV) $(VENV)/bin/jupyter labextension list 2>&1 | grep "@jupyter/nbgrader"
+	@env $(LAB_ENV) $(VENV)/bin/jupyter server extension list 2>&1 | grep "nbgrader.server_extensions"
+	env $(LAB_ENV) $(VENV)/bin/jupyter lab --notebook-dir=$(CURDIR) $(ALLOW_ROOT) $(LAB_ARGS)
 
 clean:
 	rm -rf build

@@ -27,14 +27,13 @@ import datetime
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from . import collect, gradebook, journal, sandbox
+from . import collect, dispatch, gradebook, journal, sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,6 +55,8 @@ class Options:
     force: bool = False               # grade every submission again, even unchanged ones
     private: bool = False             # gradebook, autograded/ and feedback/ under OUT, not the course's
     db_url: str | None = None         # the gradebook (default: the course's CourseDirectory.db_url)
+    scheduler: str | None = None      # a Dask scheduler's address: grade on that cluster (dispatch.py)
+    worker_memory_mb: int = dispatch.DEFAULT_WORKER_MEMORY_MB  # address-space limit of a local worker
 
 
 @dataclasses.dataclass
@@ -240,9 +241,10 @@ def prepare(root: Path, assignment: str, cache: Path) -> Path:
 
 
 #: a failure of the grader itself, not of the submission: recorded, and graded again next run
-INFRASTRUCTURE_FAILURES = ("grader error", "worker lost")
+INFRASTRUCTURE_FAILURES = ("grader error", "the grader's worker")
 #: grader modules whose code does not change a verdict (their edits keep earlier results valid)
-_PRESENTATION = {"report.py", "examples.py", "release.py", "cli.py", "__main__.py", "journal.py", "dispatch.py"}
+_PRESENTATION = {"report.py", "examples.py", "release.py", "cli.py", "__main__.py", "journal.py", "dispatch.py",
+                 "dispatch_dask.py"}
 
 
 def grader_version(root: Path, assignment: str, opts: Options, target: gradebook.Target,
@@ -325,13 +327,7 @@ def _grade(opts: Options, root: Path, out: Path, course: gradebook.Target, start
     work.mkdir()
     os.chmod(work, 0o711)
 
-    status = sandbox.probe() if opts.sandbox else None
-    if status is None:
-        print("WARNING: sandbox disabled (--no-sandbox): student code runs with the grader's "
-              "rights, only rlimits apply", file=sys.stderr)
-    elif not status.available:
-        print(f"WARNING: no sandbox: {status.reason}. Grading goes on with rlimits only: student "
-              "code can read and write what the grader can.", file=sys.stderr)
+    status = sandbox.require(opts.sandbox)  # a working sandbox, or --no-sandbox said explicitly
 
     # ---- collect
     folder = opts.submissions
@@ -358,16 +354,13 @@ def _grade(opts: Options, root: Path, out: Path, course: gradebook.Target, start
     if todo:
         _preload()
     _log(opts, started, "modules loaded")
-    # Start the workers now, by fork, before any database connection is opened: they inherit
-    # the loaded modules (no second import of torch and nbgrader) and wait for tasks while the
-    # preparation below runs.
-    ctx = multiprocessing.get_context("fork")
-    slots = ctx.Queue()
-    for index in range(workers):
-        slots.put(f"w{index}")
+    # Start the workers now, before any database connection is opened (:mod:`autograder.dispatch`):
+    # local ones by fork, they inherit the loaded modules (no second import of torch and nbgrader)
+    # and boot their sandboxes while the preparation below runs; or connect to the Dask scheduler.
     limits = sandbox.Limits(cpu_seconds=opts.submission_timeout * 2 + 60, memory_bytes=opts.memory_mb << 20)
-    pool = ctx.Pool(workers, initializer=worker.init,
-                    initargs=(slots, str(work), worker.preload_modules(notebook=source_nb), limits, opts.sandbox)) \
+    pool = dispatch.start(workers, scheduler=opts.scheduler, memory_mb=opts.worker_memory_mb,
+                          deadline_s=2 * opts.submission_timeout + 60,
+                          initargs=(str(work), worker.preload_modules(notebook=source_nb), limits, opts.sandbox)) \
         if todo else None
     fresh: dict[str, dict] = {}
     recorder = None
@@ -414,8 +407,7 @@ def _grade(opts: Options, root: Path, out: Path, course: gradebook.Target, start
                    disable=not opts.progress or not tasks, file=sys.stderr)
         if pool is not None:
             # the main process records each result while the workers go on grading
-            for result in pool.imap_unordered(worker.grade, tasks, chunksize=1):
-                _on_result(result)
+            dispatch.grade_all(pool, tasks, _on_result, assignment.points())
         bar.close()
         _log(opts, started, "all graded")
 
@@ -424,20 +416,21 @@ def _grade(opts: Options, root: Path, out: Path, course: gradebook.Target, start
         results = sorted((every[i.key] for i in items), key=lambda r: r["student_id"])
         histogram = None
         if pool is not None:
-            histogram = pool.apply_async(_histogram, ([float(r["score"]) for r in results], assignment.max_score,
-                                                      out / "histogram.png", opts.assignment))
+            histogram = dispatch.in_background(_histogram, [float(r["score"]) for r in results],
+                                               assignment.max_score, out / "histogram.png", opts.assignment)
         gradebook.export(target, opts.assignment, out / "nbgrader_export.csv")
         rows, problems = write_tables(out, results, [t.grade_id for t in assignment.tests])
+        sandbox.write_manifest(out, status, limits, results)  # run.json: how each submission ran
         absent = {r["student_id"]: r for r in every.values() if r["student_id"] not in by_student}
         book.compact(results + sorted(absent.values(), key=lambda r: r["student_id"]))
         if histogram is not None:
-            histogram.get(timeout=120)
+            histogram.result(timeout=120)
         else:
             _histogram([float(r["score"]) for r in results], assignment.max_score, out / "histogram.png",
                        opts.assignment)
     except BaseException:
         if pool is not None:
-            pool.terminate()
+            pool.close(kill=True)
             pool = None
         raise
     finally:
@@ -446,7 +439,6 @@ def _grade(opts: Options, root: Path, out: Path, course: gradebook.Target, start
             recorder.close()
         if pool is not None:
             pool.close()
-            pool.join()
     for result in fresh.values():
         if result.get("traceback"):
             print(f"grader error for {result['student_id']}:\n{result['traceback']}", file=sys.stderr)

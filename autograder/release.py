@@ -1,8 +1,9 @@
 """Regenerate release/ from source/ with nbgrader: ``python -m autograder.release`` (``make release``).
 
 Every folder source/<name>/ holding a notebook is an assignment. nbgrader's
-``generate_assignment`` runs in a throw-away copy of the course with its own gradebook, so the
-repository root gets no gradebook.db or log; the student notebooks are then normalised
+``generate_assignment`` runs in a throw-away copy of the course (no log at the root); writing the
+course's own release/ also records the assignments in the course's gradebook (its ``db_url``), so
+that release/ and the gradebook agree (``--no-gradebook`` skips it); the student notebooks are then normalised
 (nbformat's canonical JSON: sorted keys, one-space indent, no outputs, no execution counts) so
 that regenerating from the same source gives byte-identical files.
 
@@ -109,14 +110,24 @@ def generate_in_course(course: Path, names: list[str], config=None) -> None:
             app.start()  # raises NbGraderException on failure
 
 
-def generate(out_dir: Path | str | None = None, names: list[str] | None = None, course_root: Path = REPO) -> list[Path]:
+def generate(out_dir: Path | str | None = None, names: list[str] | None = None, course_root: Path = REPO,
+             gradebook: bool | None = None) -> list[Path]:
     """Write the student version of each assignment to ``out_dir/<name>/``; return the files written.
 
     ``names`` defaults to every assignment in source/; then folders of ``out_dir`` without a
     source are removed too, so that release/ mirrors source/.
+
+    ``gradebook`` (default: when ``out_dir`` is the course's own release/) also records the
+    assignments in the course's gradebook (``CourseDirectory.db_url``), as ``nbgrader
+    generate_assignment --force`` does: the committed release/ and the gradebook then agree, and
+    ``nbgrader autograde`` / the course's grader never meet "No assignment with ID". Duedates and
+    submissions already there are kept.
     """
-    course_root = Path(course_root)
+    course_root = Path(course_root).resolve()
+    own_release = out_dir is None or Path(out_dir).resolve() == course_root / "release"
     out_dir = Path(out_dir) if out_dir is not None else course_root / "release"
+    if gradebook is None:
+        gradebook = own_release
     every = assignments(course_root)
     names = list(names) if names else every
     unknown = sorted(set(names) - set(every))
@@ -129,7 +140,20 @@ def generate(out_dir: Path | str | None = None, names: list[str] | None = None, 
         shutil.copy2(course_root / "nbgrader_config.py", course / "nbgrader_config.py")
         for name in names:
             shutil.copytree(course_root / "source" / name, course / "source" / name, ignore=_IGNORE)
-        generate_in_course(course, names)
+        config = None
+        if gradebook:
+            from traitlets.config.loader import PyFileConfigLoader
+
+            from .gradebook import course_target
+
+            target = course_target(course_root)
+            config = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
+            config.CourseDirectory.root = str(course)
+            config.CourseDirectory.db_url = target.db_url
+            config.CourseDirectory.course_id = target.course_id
+        generate_in_course(course, names, config)
+        if gradebook:
+            print(f"recorded {', '.join(names)} in the course's gradebook {target.describe()}")
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in names:
             dest = out_dir / name
@@ -152,8 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autograder.release", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="assignments to release (default: all in source/)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: release/)")
+    parser.add_argument("--course-root", type=Path, default=REPO, help="the course (default: this repository)")
+    parser.add_argument("--no-gradebook", action="store_true",
+                        help="do not record the assignments in the course's gradebook (recorded by default "
+                             "when writing the course's own release/)")
     args = parser.parse_args(argv)
-    written = generate(args.out, args.names or None)
+    written = generate(args.out, args.names or None, course_root=args.course_root,
+                       gradebook=False if args.no_gradebook else None)
     for path in written:
         print(f"wrote {path}")
     return 0
