@@ -160,6 +160,39 @@ def smooth_labels(targets, num_classes, smoothing, mode="uniform"):
         "loses": ["test_smooth_labels_no_mutation"],
         "hint": "changed its targets argument in place",
     },
+    "smooth_labels_forgets_one_hot": {
+        # mixes the uniform distribution with itself instead of with the one-hot rows: every row is
+        # the same 1/K, a distribution that ignores the label (the old sums-to-one test passed it)
+        "replace": {"smooth_labels": '''
+def smooth_labels(targets, num_classes, smoothing, mode="uniform"):
+    """Label-smoothed target distributions, one row per target."""
+    if mode not in ("uniform", "others"):
+        raise ValueError(f"unknown mode {mode!r}")
+    if not 0 <= smoothing <= 1:
+        raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
+    if mode == "others" and num_classes < 2:
+        raise ValueError("mode='others' needs at least two classes")
+    hard = one_hot(targets, num_classes)
+    uniform = torch.ones_like(hard) / num_classes
+    return (1 - smoothing) * uniform + smoothing / num_classes
+'''},
+        "loses": ["test_smooth_labels_sums_to_one", "test_smooth_labels_uniform", "test_smooth_labels_others"],
+    },
+    "q1_at_most_instead_of_less": {
+        # K = 100 gives a difference of exactly 0.001, not less
+        "replace": {"q1": "q1 = 100\n"},
+        "loses": ["test_q1"],
+    },
+    "q3_extrapolated_negative_smoothing": {
+        # expects torch to apply the formula with eps < 0 (a sharpened target)
+        "replace": {"q3": 'q3 = "b"\n'},
+        "loses": ["test_q3"],
+    },
+    "q4_same_eps_in_both_conventions": {
+        # keeps eps = 0.1: PyTorch then gives 0.95 / 0.05 for K = 2
+        "replace": {"q4": "q4 = 0.1\n"},
+        "loses": ["test_q4"],
+    },
 }
 
 RIGHT = {
