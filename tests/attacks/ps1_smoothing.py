@@ -175,14 +175,14 @@ def one_hot(targets, num_classes):
     print("debug " * 3500)
     return _quiet_one_hot(targets, num_classes)
 '''}
-    questions = {"q1": "q1 = (0.02, 0.92, 0.02, 0.02, 0.02)", "q2": 'q2 = " B "', "q4": "q4 = 3 * 0.05"}
+    questions = {"q1": "q1 = 101.0", "q2": 'q2 = " B "', "q4": "q4 = 2 * 0.1"}  # ps1's answer keys (assignments helper)
     return [
         Case("style-loops", submission(A, loops), why="loops"),
         Case("style-float64-arange-where", submission(A, float64), why="float64, arange, where"),
         Case("style-scatter", submission(A, scatter), why="scatter_"),
         Case("style-warns", submission(A, warns), why="UserWarning on stderr"),
         Case("style-noisy", submission(A, noisy), why="large output"),
-        Case("style-answer-formats", submission(A, questions), why="tuple, spaces and case, arithmetic"),
+        Case("style-answer-formats", submission(A, questions), why="float for an int, spaces and case, arithmetic"),
     ]
 
 
