@@ -4,12 +4,22 @@ Used for "written without the built-in loss". Running the function with ``F.cros
 friends disabled (the hidden test's way, replayed by the probe) is defeated by code that kept a
 reference beforehand (``_ce = F.cross_entropy``); the hidden test also reads the function's own
 source and globals, which the trusted replay cannot do on a kernel object. So the submitted
-source is read here, with these rules (documented in the student's feedback when broken):
+source is read here: **every code cell the student could edit** (whatever its tags, id or
+metadata: :func:`autograder.notebook.written_by_student`), with these rules (the broken rule is
+the message in the student's feedback):
 
-R1. no dynamic access that could hide a reference from the rules below: ``eval``, ``exec``,
-    ``compile``, ``__import__``, ``globals()``, ``vars()``, ``getattr``/``setattr`` with a
-    computed or banned name, ``__dict__``, ``sys.modules``, ``importlib``, ``pickle``,
-    ``inspect``, ``gc``, ``torch.load`` ...;
+R1. no dynamic access: anything that could reach a name without spelling it is refused, because
+    the grader cannot then prove what it reaches. Refused: ``eval``, ``exec``, ``compile``,
+    ``__import__``, ``globals()``/``vars()``/``locals()``; ``getattr``/``setattr``/... with a
+    computed name *or used as a value* (``functools.reduce(getattr, [...], F)``); ``__dict__``,
+    ``__getattribute__``, frames, ``gc``, ``sys.modules``; IPython (``get_ipython()`` and so
+    ``.ev``/``.run_cell``/``.ex``, magics, ``!`` shell lines); ``importlib``, ``pickle``,
+    ``runpy``, ``ctypes``...; torch's dynamic entry points and tables (``torch.ops``,
+    ``torch._C``, ``torch._refs``, ``torch._decomp``, ``torch.overrides``, ``torch.library``,
+    ``torch.jit``, ``torch.hub``, ``torch.load``, ``torch.utils``, ``torch.compile``...) and any
+    private (``_name``) attribute of a library module; importing a module that is not on
+    :data:`ALLOWED_IMPORTS` (a module the student wrote to disk and imports is not readable
+    here);
 R2. no changes to library objects: no assignment to an attribute or item of an imported module
     (``torch.logsumexp = ...``, ``F.__dict__[...] = ...``);
 R3. a built-in cross-entropy / NLL function is only *called* on the spot
@@ -19,6 +29,13 @@ R4. code reachable from the function (its definition and, transitively, every to
     definition it names) does not mention a built-in loss at all;
 R5. the function's own code does not use the banned names, even as local variable names
     (mirrors the hidden test, which reads the function's source).
+
+At run time the probe kernel also watches the dispatcher while the function runs (any path to
+``aten::nll_loss*`` / ``aten::cross_entropy*`` shows up there, however it was reached:
+:func:`autograder.kernel_probe.watching_ops`); that report comes from an untrusted kernel, so it
+can only take points away, and these static rules are the part a lying kernel cannot evade.
+Tests: ``tests/test_verdict.py::test_static_policy_*`` and the ps2 attack bank
+(``attack-builtin-via-reduce-getattr``, ``attack-builtin-via-ipython-ev``, ...).
 """
 from __future__ import annotations
 
@@ -38,7 +55,17 @@ DYNAMIC_ATTRS = {"__dict__", "__getattribute__", "__globals__", "__builtins__", 
                  "__setattr__", "__delattr__"}
 BANNED_MODULES = {"importlib", "pickle", "marshal", "dill", "cloudpickle", "ctypes", "cffi", "gc",
                   "inspect", "builtins", "runpy", "types", "operator", "copyreg", "shelve"}
-TORCH_DYNAMIC = {"load", "jit", "hub", "package", "ops"}
+TORCH_DYNAMIC = {"load", "jit", "hub", "package", "ops", "overrides", "library", "utils", "compile", "fx",
+                 "export", "func", "autograd", "testing", "backends", "classes", "distributed"}
+#: top-level modules a student cell may import (anything else could be a module written to disk)
+ALLOWED_IMPORTS = {"torch", "numpy", "math", "cmath", "random", "functools", "itertools", "collections",
+                   "typing", "dataclasses", "warnings", "time", "statistics", "abc", "enum", "numbers",
+                   "string", "re", "copy", "fractions", "decimal", "matplotlib", "utils", "textwrap",
+                   "pprint", "heapq", "bisect", "__future__"}
+#: dunder attributes ordinary code uses (any other ``__x__`` attribute counts as dynamic access)
+PLAIN_DUNDERS = {"__init__", "__name__", "__doc__", "__call__", "__len__", "__repr__", "__str__",
+                 "__class__", "__eq__", "__hash__", "__iter__", "__next__", "__getitem__", "__enter__",
+                 "__exit__", "__module__", "__qualname__"}
 
 
 def to_python(source: str) -> str:
@@ -61,7 +88,36 @@ def parse_cells(sources: list[str]) -> tuple[list[ast.stmt], str | None]:
         except SyntaxError as exc:
             return statements, f"one of your code cells does not parse ({exc.msg}, line {exc.lineno})"
         statements.extend(tree.body)
+        statements.extend(_magic_code(tree))
     return statements, None
+
+
+#: IPython magics allowed in a student cell; the code they time is read like any other code
+SAFE_MAGICS = {"time": True, "timeit": True, "matplotlib": False}
+
+
+def _magic_code(tree: ast.AST) -> list[ast.stmt]:
+    """Mark ``get_ipython().run_line_magic("time", "code")`` (from ``%time code``) as allowed and
+    return the statements of the code it runs; any other use of get_ipython stays refused."""
+    out: list[ast.stmt] = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("run_line_magic", "run_cell_magic")
+                and isinstance(node.func.value, ast.Call) and isinstance(node.func.value.func, ast.Name)
+                and node.func.value.func.id == "get_ipython" and not node.func.value.args and node.args
+                and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args)
+                and not node.keywords and node.args[0].value in SAFE_MAGICS):
+            continue
+        code = [a.value for a in node.args[1:]] if SAFE_MAGICS[node.args[0].value] else []
+        try:
+            parsed = [ast.parse(to_python(c)) for c in code]
+        except SyntaxError:
+            continue
+        node.func.value.func.ag_safe_magic = True
+        for sub in parsed:
+            out.extend(sub.body)
+            out.extend(_magic_code(sub))
+    return out
 
 
 def _bound_names(stmt: ast.stmt) -> set[str]:
@@ -96,8 +152,22 @@ def _forbidden_mentions(stmt: ast.AST) -> list[tuple[ast.AST, str]]:
     return out
 
 
-def _dynamic_access(stmt: ast.stmt) -> str | None:
+def _dynamic_access(stmt: ast.stmt, modules: set[str] = frozenset()) -> str | None:
+    called = {id(n.func) for n in ast.walk(stmt) if isinstance(n, ast.Call)}
     for node in ast.walk(stmt):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            if node.id in NAME_CALLS | DYNAMIC_CALLS and id(node) not in called:
+                return f"`{node.id}` passed around as a value"
+            if node.id == "get_ipython" and not getattr(node, "ag_safe_magic", False):
+                return "IPython's `get_ipython()` (or a magic / shell line)"
+        if isinstance(node, ast.Attribute) and node.attr.startswith("__") and node.attr.endswith("__") \
+                and node.attr not in PLAIN_DUNDERS:
+            return f"`.{node.attr}`"
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and _root_name(node) in modules:
+            return f"the private `{ast.unparse(node)}`"
+        if isinstance(node, ast.Attribute) and node.attr in TORCH_DYNAMIC and _root_name(node) in modules \
+                and _root_name(node) in ("torch",) and isinstance(node.value, ast.Name):
+            return f"`torch.{node.attr}`"
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             name = node.func.id
             if name in DYNAMIC_CALLS:
@@ -118,10 +188,19 @@ def _dynamic_access(stmt: ast.stmt) -> str | None:
             if isinstance(node.value, ast.Name) and node.value.id == "torch" and node.attr in TORCH_DYNAMIC:
                 return f"`torch.{node.attr}`"
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            for module in modules:
-                if module.split(".")[0] in BANNED_MODULES:
+            if isinstance(node, ast.ImportFrom) and node.level:
+                return "a relative import"
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for module in names:
+                top = module.split(".")[0]
+                if top in BANNED_MODULES or top not in ALLOWED_IMPORTS:
+                    return f"`import {module}` (only {', '.join(sorted(ALLOWED_IMPORTS - {'__future__'}))} here)"
+                if top == "torch" and any(part.startswith("_") or part in TORCH_DYNAMIC for part in module.split(".")[1:]):
                     return f"`import {module}`"
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "torch":
+                for alias in node.names:
+                    if alias.name.startswith("_") or alias.name in TORCH_DYNAMIC:
+                        return f"`from {node.module} import {alias.name}`"
     return None
 
 
@@ -182,16 +261,16 @@ def builtin_loss_violation(sources: list[str], target: str, context: list[str] =
     statements, problem = parse_cells(sources)
     if problem:
         return problem
-    for stmt in statements:
-        dynamic = _dynamic_access(stmt)
-        if dynamic:
-            return (f"your code uses {dynamic}: the grader cannot then check that `{target}` "
-                    f"avoids the built-in losses, so this is not accepted here")
     modules = set(LIBRARY_NAMES)
     context_statements, _ = parse_cells(list(context))
     for stmt in statements + context_statements:
         if isinstance(stmt, (ast.Import, ast.ImportFrom)):
             modules |= _bound_names(stmt)
+    for stmt in statements:
+        dynamic = _dynamic_access(stmt, modules)
+        if dynamic:
+            return (f"your code uses {dynamic}: the grader cannot then check that `{target}` "
+                    f"avoids the built-in losses, so this is not accepted here")
     for stmt in statements:
         change = _library_change(stmt, modules)
         if change:
