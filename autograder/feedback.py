@@ -118,13 +118,14 @@ def page(student_id: str, assignment: str, verdicts: dict, score: float, max_sco
 
 
 def summary_html(verdicts: dict) -> str:
+    # only tags that nbconvert's clean_html keeps (SafeFeedback's page goes through it)
     rows = "".join(
         f"<tr class=\"{'pass' if _ok(v) else 'fail'}\"><td><code>{html.escape(str(gid))}</code></td>"
         f"<td>{_num(v.get('score', 0))} / {_num(v.get('max_score', 0))}</td>"
         f"<td>{html.escape(_message(v) or ('passed' if _ok(v) else 'failed'))}</td></tr>"
         for gid, v in verdicts.items())
-    return ("<table class=\"summary\"><thead><tr><th>test</th><th>points</th><th>verdict</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table>")
+    return ("<table class=\"summary\"><tr class=\"head\"><td><b>test</b></td><td><b>points</b></td>"
+            f"<td><b>verdict</b></td></tr>{rows}</table>")
 
 
 def verdict_html(grade_id: str, verdict: dict | None) -> str:
@@ -138,12 +139,14 @@ def verdict_html(grade_id: str, verdict: dict | None) -> str:
     message = _message(verdict)
     if not ok and message:
         text += "\n" + message
-    return (f'<div class="test {"pass" if ok else "fail"}"><b>{html.escape(str(grade_id))}</b>: '
-            f"{html.escape(text).replace(chr(10), '<br>')}</div>")
+    lines = "".join(f"<div>{html.escape(line)}</div>" for line in text.split("\n"))
+    return f'<div class="test {"pass" if ok else "fail"}"><b>{html.escape(str(grade_id))}</b>: {lines}</div>'
 
 
-def notebook_html(nb, verdicts: dict) -> str:
-    """The cells: answers and instructions as sanitised text, test cells as verdicts."""
+def notebook_html(nb, verdicts: dict, markdown: bool = True) -> str:
+    """The cells: answers and instructions as sanitised text, test cells as verdicts. With
+    ``markdown=False`` markdown cells are shown as text, and every tag is one that nbconvert's
+    ``clean_html`` keeps (for nbgrader's own feedback template)."""
     parts, seen_test, budget = [], False, MAX_MARKDOWN_TOTAL
     cells = list(nb.get("cells", []))
     for cell in cells[:MAX_CELLS]:
@@ -155,14 +158,15 @@ def notebook_html(nb, verdicts: dict) -> str:
             continue
         source = _text(cell.get("source", ""))
         if kind == "markdown":
-            parts.append(f'<div class="md">{markdown_html(source, budget)}</div>')
+            parts.append(f'<div class="md">{markdown_html(source, budget)}</div>' if markdown
+                         else f'<pre class="md">{_capped(source, MAX_MARKDOWN)}</pre>')
             budget -= len(source)
         elif kind == "code":
             parts.append(f'<pre class="code">{_capped(source, MAX_SOURCE)}</pre>')
             if seen_test:
                 if cell.get("outputs"):
-                    parts.append('<p class="note">(outputs of cells that ran after a hidden test '
-                                 "are not shown)</p>")
+                    parts.append('<div class="note">(outputs of cells that ran after a hidden test '
+                                 "are not shown)</div>")
             else:
                 parts.append(outputs_html(cell.get("outputs", [])))
         else:
@@ -171,7 +175,7 @@ def notebook_html(nb, verdicts: dict) -> str:
             grade_id = cell.metadata.nbgrader.get("grade_id")
             parts.append(verdict_html(grade_id, verdicts.get(grade_id)))
     if len(cells) > MAX_CELLS:
-        parts.append(f'<p class="note">({len(cells) - MAX_CELLS} more cells not shown)</p>')
+        parts.append(f'<div class="note">({len(cells) - MAX_CELLS} more cells not shown)</div>')
     return "\n".join(parts)
 
 
@@ -199,7 +203,7 @@ def outputs_html(outputs) -> str:
     text = _ANSI.sub("", "".join(c if c.endswith("\n") else c + "\n" for c in chunks))
     out = f'<pre class="out">{_capped(text, MAX_OUTPUT_TEXT)}</pre>' if text.strip() else ""
     if skipped:
-        out += f'<p class="note">({len(skipped)} display output(s) not shown in feedback)</p>'
+        out += f'<div class="note">({len(skipped)} display output(s) not shown in feedback)</div>'
     return out
 
 
@@ -315,7 +319,7 @@ pre{background:#f6f8fa;padding:.5rem;overflow-x:auto;white-space:pre-wrap;word-b
 pre.out{background:#fff;border-left:3px solid #d0d7de}
 .test{border-left:4px solid;padding:2px 8px;margin:.5rem 0}
 .pass{border-color:#1a7f37}.fail{border-color:#cf222e}
-table.summary{border-collapse:collapse}table.summary td,table.summary th{border:1px solid #d0d7de;padding:2px 6px;text-align:left}
+table.summary{border-collapse:collapse}table.summary td{border:1px solid #d0d7de;padding:2px 6px;text-align:left}
 tr.pass td:first-child{border-left:4px solid #1a7f37}tr.fail td:first-child{border-left:4px solid #cf222e}
 .note,.problem{color:#57606a;font-style:italic}.score{font-size:1.3rem;font-weight:bold}
 """

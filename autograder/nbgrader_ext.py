@@ -109,7 +109,7 @@ class SafeFeedback(NbGraderPreprocessor):
                 verdicts[meta["grade_id"]] = {"score": meta.get("score") or 0.0,
                                               "max_score": meta.get("points") or 0.0,
                                               "message": meta.get("comment") or ""}
-        body, problem = feedback._bounded(lambda: feedback.notebook_html(copy.deepcopy(nb), verdicts),
+        body, problem = feedback._bounded(lambda: feedback.notebook_html(copy.deepcopy(nb), verdicts, markdown=False),
                                           feedback.exporter(self.config))
         if body is None:
             body = f"<p>The notebook could not be shown here ({problem}).</p>"

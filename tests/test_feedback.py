@@ -348,8 +348,12 @@ def test_nbgrader_generate_feedback_is_safe(course, autograded):
         assert "verified by the grader" in page
         assert "tex2jax_ignore" in page
     page = (course / "feedback" / "evil" / A / f"{A}.html").read_text()
-    assert "alert(1)" in page and 'onerror="alert(1)"' not in page and "<script>alert(2)" not in page
-    assert "<script>alert(3)" not in page
+    assert "alert(1)" in page and "alert(2)" in page  # shown as text...
+    for tag, attrs in Tags(page).tags:  # ...never as markup
+        assert not any(name.startswith("on") for name in attrs), (tag, attrs)
+        assert tag != "img", attrs
+    assert "<script>alert" not in page
+    assert "verified by the grader" in page and "<table" in page and "&lt;table" not in page
 
 
 def test_missing_course_package_stops_nbgrader(course, autograded):
@@ -438,7 +442,7 @@ def test_real_batch(tmp_path):
     nb = nbtools.build_submission(A)
     nb.cells.insert(1, nbformat.v4.new_markdown_cell("[a](" * 60000))
     cases["quadratic-markdown"] = (nb, 20)
-    nb = nbtools.build_submission(A, {"q1": 'q1 = [0.92, 0.02, 0.02, 0.02, 0.02]\n# ### BEGIN HIDDEN TESTS'})
+    nb = nbtools.build_submission(A, {"q1": 'q1 = 101\n# ### BEGIN HIDDEN TESTS'})
     cases["begin-hidden"] = (nb, 20)
     cases["stub"] = (nbtools.build_submission(A, fill_solutions=False), 0)
     for sid, (nb, _) in cases.items():
