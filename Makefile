@@ -56,10 +56,11 @@ release: setup
 examples: setup
 	$(PY) -m autograder.examples --out build/example_submissions
 
-## grade: make grade ASSIGNMENT=ps1_smoothing [SUBMISSIONS=DIR] [WORKERS=2] [FORCE=1]
-## (default: the course's submitted/; results into the course's gradebook and feedback/)
+## grade: make grade ASSIGNMENT=ps1_smoothing [SUBMISSIONS=DIR] [WORKERS=2] [FORCE=1] [SCHEDULER=tcp://HOST:8786]
+## (default: the course's submitted/; results into the course's gradebook and feedback/;
+## SCHEDULER: grade on that Dask cluster, README "Grading on a cluster")
 grade: setup
-	$(PY) -m autograder grade $(ASSIGNMENT) $(if $(SUBMISSIONS),--submissions $(SUBMISSIONS)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
+	$(PY) -m autograder grade $(ASSIGNMENT) $(if $(SUBMISSIONS),--submissions $(SUBMISSIONS)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 
 ## bench: every benchmark; JSON in build/bench/, a table on the terminal, plots beside.
 bench: setup
