@@ -1,20 +1,25 @@
-"""Grading throughput: the course's grader against stock sequential ``nbgrader autograde``.
+"""Grading throughput: the course's grader against stock sequential ``nbgrader autograde``, and
+the cost of dispatching to a Dask cluster.
 
 ``python -m bench.grading`` (or ``python -m bench --only grading``) grades the same submissions
 (``N`` of ps1_smoothing by default: correct, wrong and stub notebooks built by
-:mod:`autograder.examples`, cycled) three ways, each as the command an instructor would type:
+:mod:`autograder.examples`, cycled, each with its student's name in a markdown cell) four ways,
+each as the command an instructor would type:
 
 * ``nbgrader autograde ASSIGNMENT`` in a copy of the course (its gradebook already made by
   ``nbgrader generate_assignment``, not timed): stock nbgrader, sequential, no sandbox, no
   verification, no feedback;
 * ``python -m autograder grade ASSIGNMENT --workers 1``: sandbox, verifier and feedback included;
-* the same with ``--workers 2``.
+* the same with ``--workers 2``;
+* the same with ``--scheduler ADDRESS``: a ``dask scheduler`` and two ``dask worker --nthreads 1``
+  on this machine (started once before the timed runs, like a cluster that is already there):
+  the dispatch overhead, against local ``--workers 2`` (target: at most 10 % slower).
 
 The grader's preparation (gradebook template, verifier's plan) is cached per source notebook,
 like nbgrader's gradebook it is made once before the timed runs. The runs are interleaved
 (stock, 1, 2, then the next repetition in rotated order) so that load from other processes hits
 all three alike; we report the median wall time of whole commands (start-up included) and
-submissions per minute. The scores of both graders are compared too: on these honest
+submissions per minute, and the load average (the machine may be shared). The scores of both graders are compared too: on these honest
 submissions they must agree. Results go to ``build/bench/grading.json``; a table is printed.
 """
 from __future__ import annotations
@@ -61,6 +66,8 @@ def make_submissions(assignment: str, n: int, folder: Path) -> list[str]:
     for i in range(n):
         kind, nb = kinds[i % 3] if i < 3 else kinds[0 if i % 2 else 1]
         student = f"s{i:02d}-{kind}"
+        nb = nbformat.from_dict(json.loads(json.dumps(nb)))  # each student's own copy, a distinct file
+        nb.cells.append(nbformat.v4.new_markdown_cell(f"Submitted by {student}.", id=f"submitted-by-{i}"))
         (folder / student).mkdir(parents=True)
         nbformat.write(nb, folder / student / f"{assignment}.ipynb")
         students.append(student)
@@ -100,14 +107,67 @@ class Stock:
             return {s.student.id: float(s.score) for s in gb.find_assignment(self.assignment).submissions}
 
 
-def ours(assignment: str, submissions: Path, out: Path, workers: int) -> float:
+class DaskCluster:
+    """``dask scheduler`` and ``workers`` single-threaded ``dask worker`` processes on 127.0.0.1."""
+
+    def __init__(self, folder: Path, workers: int = 2):
+        from distributed import Client
+
+        folder.mkdir(parents=True, exist_ok=True)
+        dask = str(Path(sys.executable).parent / "dask")
+        env = {**_env(), "PYTHONPATH": str(REPO)}
+        self.procs = []
+        sched = folder / "scheduler.json"
+
+        def start(*argv):
+            log = open(folder / f"{argv[0]}-{len(self.procs)}.log", "w")
+            self.procs.append(subprocess.Popen([dask, *argv], cwd=REPO, env=env, stdout=log,
+                                               stderr=subprocess.STDOUT, start_new_session=True))
+
+        start("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(sched))
+        deadline = time.monotonic() + 60
+        while not sched.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the dask scheduler did not start")
+            time.sleep(0.2)
+        time.sleep(0.2)
+        self.address = json.loads(sched.read_text())["address"]
+        for _ in range(workers):
+            start("worker", self.address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
+                  "--preload", "autograder.dispatch_dask")
+        with Client(self.address, timeout="30s") as client:
+            client.wait_for_workers(workers, timeout=120)
+
+    def close(self) -> None:
+        import signal
+
+        for proc in reversed(self.procs):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+def ours(assignment: str, submissions: Path, out: Path, workers: int, scheduler: str | None = None) -> float:
     started = time.perf_counter()
+    where = ["--scheduler", scheduler] if scheduler else ["--workers", str(workers)]
     proc = subprocess.run([sys.executable, "-m", "autograder", "grade", assignment, "--submissions", str(submissions),
-                           "--out", str(out), "--workers", str(workers), "--quiet"],
+                           "--out", str(out), *where, "--quiet", "--private", "--force"],
                           cwd=REPO, env=_env(), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"autograder failed:\n{proc.stderr[-4000:]}")
     return time.perf_counter() - started
+
+
+DASK = "autograder --scheduler (2 Dask workers x 1 thread)"
+
+
+def _scores(path: Path) -> tuple[dict, dict]:
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {r["student_id"]: float(r["score"]) for r in rows}, {r["student_id"]: r["status"] for r in rows}
 
 
 def run(out_dir, quick: bool = False, assignment: str = "ps1_smoothing", n: int | None = None,
@@ -127,19 +187,25 @@ def run(out_dir, quick: bool = False, assignment: str = "ps1_smoothing", n: int 
         (warm / students[0]).mkdir(parents=True)
         shutil.copy(subs / students[0] / f"{assignment}.ipynb", warm / students[0])
         ours(assignment, warm, graded, 1)
-        runners = {"nbgrader autograde (stock, sequential)": stock.run,
-                   "autograder --workers 1": lambda: ours(assignment, subs, graded, 1),
-                   "autograder --workers 2": lambda: ours(assignment, subs, graded, 2)}
-        names = list(runners)
-        seconds: dict[str, list[float]] = {name: [] for name in names}
-        for rep in range(repeats):
-            order = names[rep % 3:] + names[: rep % 3]
-            for name in order:
-                seconds[name].append(runners[name]())
-        with open(graded / "grades.csv", newline="") as handle:
-            our_scores = {r["student_id"]: float(r["score"]) for r in csv.DictReader(handle)}
-            handle.seek(0)
-            statuses = {r["student_id"]: r["status"] for r in csv.DictReader(handle)}
+        cluster = DaskCluster(tmp / "dask", 2)
+        try:
+            ours(assignment, warm, tmp / "dask-out", 2, cluster.address)  # the workers' first imports
+            runners = {"nbgrader autograde (stock, sequential)": stock.run,
+                       "autograder --workers 1": lambda: ours(assignment, subs, graded, 1),
+                       "autograder --workers 2": lambda: ours(assignment, subs, graded, 2),
+                       DASK: lambda: ours(assignment, subs, tmp / "dask-out", 2, cluster.address)}
+            names = list(runners)
+            seconds: dict[str, list[float]] = {name: [] for name in names}
+            loads = []
+            for rep in range(repeats):
+                order = names[rep % len(names):] + names[: rep % len(names)]
+                for name in order:
+                    seconds[name].append(runners[name]())
+                    loads.append(os.getloadavg()[0])
+        finally:
+            cluster.close()
+        our_scores, statuses = _scores(graded / "grades.csv")
+        dask_scores, dask_statuses = _scores(tmp / "dask-out" / "grades.csv")
         stock_scores = stock.scores()
     base = statistics.median(seconds[names[0]])
     rows = []
@@ -148,16 +214,22 @@ def run(out_dir, quick: bool = False, assignment: str = "ps1_smoothing", n: int 
         rows.append({"runner": name, "seconds": [round(s, 2) for s in seconds[name]], "median_s": round(wall, 2),
                      "per_submission_s": round(wall / n, 3), "submissions_per_minute": round(60 * n / wall, 1),
                      "speedup_vs_stock": round(base / wall, 2)})
-    target = 1.5
+    target = 2.5
+    by_name = {r["runner"]: r for r in rows}
+    local2, dask2 = by_name["autograder --workers 2"], by_name[DASK]
+    slower = 1 - dask2["submissions_per_minute"] / local2["submissions_per_minute"]
     data = {
         "benchmark": NAME, "quick": quick, "assignment": assignment, "submissions": n, "repeats": repeats,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "load_average_at_end": os.getloadavg()},
+                    "load_average_at_end": os.getloadavg(), "load_average_1min_during": loads},
         "runs": rows,
         "scores_agree": our_scores == stock_scores,
         "scores": {"autograder": our_scores, "nbgrader": stock_scores},
         "statuses": statuses,
         "target": {"speedup_workers_2": target, "met": rows[2]["speedup_vs_stock"] >= target},
+        "dask": {"same_rows_as_local": (dask_scores, dask_statuses) == (our_scores, statuses),
+                 "slower_than_local_workers_2": round(slower, 3), "target_max_slower": 0.10,
+                 "met": slower <= 0.10},
     }
     (out_dir / f"{NAME}.json").write_text(json.dumps(data, indent=2))
     return data
@@ -173,6 +245,13 @@ def table(data: dict) -> str:
     lines.append(f"scores agree with nbgrader's: {data['scores_agree']}; target >= {data['target']['speedup_workers_2']}x "
                  f"with 2 workers: {'met' if data['target']['met'] else 'NOT met'} "
                  f"(load average at the end: {data['machine']['load_average_at_end'][0]:.1f})")
+    dask = data.get("dask")
+    if dask:
+        loads = data["machine"].get("load_average_1min_during") or [0]
+        lines.append(f"Dask dispatch vs local --workers 2: {100 * dask['slower_than_local_workers_2']:+.1f} % "
+                     f"slower (target <= 10 %: {'met' if dask['met'] else 'NOT met'}); same rows: "
+                     f"{dask['same_rows_as_local']}; load average during the runs "
+                     f"{min(loads):.1f}-{max(loads):.1f} on {data['machine']['cpus']} CPUs")
     return "\n".join(lines)
 
 
