@@ -156,6 +156,26 @@ class LabelSmoothingLoss(nn.Module):
         "loses": ["test_LabelSmoothingLoss_module"],
         "hint": "does forward pass smoothing, reduction and ignore_index on",
     },
+    "q5_sign_of_the_change": {
+        # "smoothing always raises the loss": the right size, the wrong sign
+        "replace": {"q5": "q5 = 0.3\n"},
+        "loses": ["test_q5"],
+    },
+    "q6_weights_same_denominator": {
+        # assumes `weight=` means the same with index and probability targets
+        "replace": {"q6": 'q6 = "b"\n'},
+        "loses": ["test_q6"],
+    },
+    "q7_floor_in_nats": {
+        # the loss floor H(q) instead of the perplexity exp(H(q))
+        "replace": {"q7": "import math\n\n_q = [0.9 + 0.1 / 50257] + [0.1 / 50257]\nq7 = -_q[0] * math.log(_q[0]) - 50256 * _q[1] * math.log(_q[1])\n"},
+        "loses": ["test_q7"],
+    },
+    "q8_conventions_not_converted": {
+        # combines the two smoothings but reads the pipeline's "others" 0.2 as PyTorch's 0.2
+        "replace": {"q8": "q8 = 1 - (1 - 0.2) * (1 - 0.1)\n"},
+        "loses": ["test_q8"],
+    },
 }
 
 RIGHT = {
