@@ -57,10 +57,18 @@ def parser() -> argparse.ArgumentParser:
                    help="nbgrader FileNameCollectorPlugin.named_regexp for LMS downloads "
                         "(needs the student_id and file_id groups)")
     g.add_argument("--course-root", type=Path, default=None, help="course root (default: . or the repository)")
-    g.add_argument("--no-sandbox", action="store_true", help="run kernels without bubblewrap (rlimits only)")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="grade on the Dask cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786; "
+                        "README: Grading on a cluster); default: local worker processes")
+    g.add_argument("--worker-memory-mb", type=_positive, default=6144,
+                   help="address-space limit of each local grader worker process (default 6144)")
+    g.add_argument("--no-sandbox", action="store_true",
+                   help="run kernels without bubblewrap (rlimits only; student code gets the grader's rights). "
+                        "Without it the grader refuses to run where the sandbox does not work")
     g.add_argument("--no-feedback", action="store_true", help="skip the feedback HTML pages")
     g.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
-    sub.add_parser("check-sandbox", help="say whether the bubblewrap sandbox works here")
+    sub.add_parser("check-sandbox", help="say whether the bubblewrap sandbox works here, with which bwrap, "
+                                         "and if not, why (bwrap's message, the user-namespace sysctls)")
     return p
 
 
@@ -78,8 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         from . import sandbox
 
         status = sandbox.probe()
-        print(("OK: " if status.available else "NOT AVAILABLE: ") + status.reason)
+        print(sandbox.describe(status))
         return 0 if status.available else 1
+    from . import sandbox
+
+    try:  # before anything else: never grade unconfined unless asked to
+        sandbox.require(not args.no_sandbox)
+    except sandbox.SandboxUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     from . import grading, report, verifier
 
     opts = grading.Options(
@@ -87,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers, cell_timeout=args.timeout, submission_timeout=args.submission_timeout,
         memory_mb=args.memory_mb, zip_regexp=args.zip_regexp, course_root=args.course_root,
         sandbox=not args.no_sandbox, progress=not args.quiet, feedback=not args.no_feedback,
-        force=args.force, private=args.private, db_url=args.db_url)
+        force=args.force, private=args.private, db_url=args.db_url, scheduler=args.scheduler,
+        worker_memory_mb=args.worker_memory_mb)
     from . import journal
 
     try:

@@ -87,7 +87,7 @@ class Kernels:
             dest = work / relative
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, dest)
-        sandbox.prepare_workdir(work)
+        sandbox.prepare_workdir(work, use_sandbox=self.use_sandbox)
         self.workdirs.append(work)
         return work
 

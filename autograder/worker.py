@@ -73,6 +73,7 @@ class Worker:
     def grade(self, student_id: str, data: bytes | None, problem: str | None = None) -> dict:
         """Grade one notebook given as bytes; never raises, never loses a submission."""
         started = time.monotonic()
+        sandbox.note_launch()  # cleared: this submission's kernels record how they ran
         result = {"student_id": student_id, "assignment": self.settings.assignment, "notes": [],
                   "failure": None, "seconds": 0.0, "autograded": None, "feedback_html": None, "timing": {}}
         try:
@@ -90,6 +91,7 @@ class Worker:
         result["score"] = sum(v["score"] for v in verdicts.values())
         result["max_score"] = sum(self.points.values())
         result["seconds"] = round(time.monotonic() - started, 3)
+        result["sandbox"] = sandbox.last_launch() or {"sandboxed": False, "kernel": "none started"}
         return result
 
     def _grade(self, student_id: str, data: bytes | None, problem: str | None, result: dict) -> None:

@@ -8,17 +8,27 @@ notebook imports, and then only waits for commands on a socket inherited from th
 each submission it forks a child, which
 
 * closes the command socket, starts a new session, redirects its output to the submission's
-  ``kernel.log``, moves into the submission's own work dir with a clean environment,
+  ``kernel.log``,
+* enters a fresh IPC namespace and a mount namespace of its own with new, size-capped ``/tmp``
+  and ``/dev/shm`` tmpfs (SysV/POSIX shared memory or files left there die with the kernel),
+* moves into the submission's own work dir with a clean environment,
 * sets the submission's rlimits (CPU seconds, address space, file size, open files, processes),
-* drops to ``nobody`` with no capabilities and ``no_new_privs`` (when the grader runs as root;
-  as an unprivileged user, bwrap's user namespace has a single uid and the zygote is made
-  non-dumpable so that a child cannot ptrace it),
+* drops every capability (bounding, ambient, permitted, effective, inheritable) and sets
+  ``no_new_privs``; when the grader runs as root it first switches to the worker's own uid
+  (:func:`autograder.sandbox.kernel_uid`); as an unprivileged user, bwrap's user namespace has a
+  single uid and the zygote is made non-dumpable so that a child cannot ptrace it,
 * and runs a regular IPython kernel with the submission's connection file.
+
+The zygote keeps ``CAP_SYS_ADMIN`` for the namespaces and mounts above (root: on the host, but it
+never runs student code; unprivileged: inside bwrap's user namespace only). As root the zygote
+and its kernel run in one cgroup per worker (memory and pids in aggregate, where the machine has
+cgroups: :class:`autograder.sandbox.SlotCgroup`) and the work dirs are on a size-capped tmpfs
+(:func:`autograder.sandbox.private_workspace`).
 
 Student code runs only in children, never in the zygote, so each submission starts from the
 same pristine state, like a fresh kernel (the modules are imported, nothing else has run).
-Between submissions the zygote kills every other process of its sandbox and empties /tmp and
-/dev/shm, and the worker deletes the work dir: nothing of one student is left for the next.
+Between submissions the zygote kills every other process of its sandbox, and the worker deletes
+the work dir: nothing of one student is left for the next.
 When the zygote cannot start or dies, the worker falls back to one sandboxed process per kernel.
 """
 from __future__ import annotations
@@ -42,6 +52,8 @@ import ctypes, json, os, resource, signal, sys
 CONTROL = int(sys.argv[1])
 libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 38
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+CLONE_NEWNS, CLONE_NEWIPC, MS_REC, MS_PRIVATE, MS_NOSUID, MS_NODEV, MS_BIND = 0x20000, 0x8000000, 0x4000, 1 << 18, 2, 4, 4096
 for name in sys.argv[3:]:
     try:
         __import__(name)
@@ -59,6 +71,31 @@ def reply(obj):
         data = data[os.write(CONTROL, data):]
 
 
+def check(result, what):
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def private_namespaces(tmp_bytes):
+    """A fresh IPC namespace (SysV shm, semaphores, message queues) and a mount namespace with
+    empty /tmp and /dev/shm of their own: nothing of this kernel outlives it for the next one."""
+    check(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare(CLONE_NEWNS|CLONE_NEWIPC)")
+    check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
+    for path in ("/tmp", "/dev/shm"):
+        os.makedirs(path, exist_ok=True)
+        # the work root (bound by bwrap) may lie under /tmp: keep it visible over the new tmpfs
+        under = KEEP.startswith(path + "/")
+        keep = os.open(KEEP, os.O_PATH | os.O_DIRECTORY) if under else None
+        check(libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
+                         f"size={tmp_bytes},mode=1777".encode()), f"mount tmpfs {path}")
+        if keep is not None:
+            os.makedirs(KEEP, mode=0o755, exist_ok=True)
+            check(libc.mount(f"/proc/self/fd/{keep}".encode(), KEEP.encode(), None, MS_BIND | MS_REC, None),
+                  f"bind {KEEP}")
+            os.close(keep)
+
+
 def child(req):
     try:
         os.close(CONTROL)
@@ -66,23 +103,24 @@ def child(req):
         log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         null = os.open("/dev/null", os.O_RDONLY)
         os.dup2(null, 0); os.dup2(log, 1); os.dup2(log, 2)
+        private_namespaces(req["tmp_bytes"])
         os.chdir(req["workdir"])
         os.environ.clear()
         os.environ.update(req["env"])
         for name, value in req["rlimits"]:
             resource.setrlimit(getattr(resource, name), (value, value))
+        for cap in range(64):
+            libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
         if req["drop"] is not None:
             uid = gid = req["drop"]
             os.setgroups([])
             os.setresgid(gid, gid, gid)
-            for cap in range(64):
-                libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
             os.setresuid(uid, uid, uid)
-            # no capability left in any set, the inheritable one included
-            header = (ctypes.c_uint32 * 2)(0x20080522, 0)
-            data = (ctypes.c_uint32 * 6)()
-            if libc.capset(header, data) != 0:
-                raise OSError(ctypes.get_errno(), "capset failed")
+        # no capability left in any set (the zygote's, root mode, or its user namespace's)
+        libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+        header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+        data = (ctypes.c_uint32 * 6)()
+        check(libc.capset(header, data), "capset")
         libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -194,8 +232,12 @@ while True:
         reply({"error": f"{type(exc).__name__}: {exc}"})
 '''
 
-#: capabilities the zygote keeps when the grader runs as root (children drop every one)
-ZYGOTE_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_SETPCAP")
+#: capabilities the zygote keeps when the grader runs as root (children drop every one before
+#: any student code runs): switch uid, kill and wipe what a kernel left, new namespaces + tmpfs
+ZYGOTE_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_SETPCAP",
+               "CAP_SYS_ADMIN")
+#: as an unprivileged user: capabilities inside bwrap's user namespace only (nothing on the host)
+ZYGOTE_CAPS_USERNS = ("CAP_SYS_ADMIN", "CAP_SETPCAP")
 
 
 class ZygoteError(RuntimeError):
@@ -215,6 +257,11 @@ class Zygote:
         self.sock: socket.socket | None = None
         self.buffer = b""
         self.spawned = 0
+        self.starts = 0
+        self.cgroup: sandbox.SlotCgroup | None = None
+        self.cgroup_held = ""
+        self.workspace = ""
+        self._finalizer = None
 
     # ---------------------------------------------------------------- lifecycle
     def start(self, timeout: float = 120.0) -> None:
@@ -222,14 +269,25 @@ class Zygote:
             raise ZygoteError(f"no sandbox: {self.status.reason}")
         self.close()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.workspace = sandbox.private_workspace(self.root, self.limits)
         os.chmod(self.root, 0o711)
         ours, theirs = socket.socketpair()
         os.set_inheritable(theirs.fileno(), True)
-        argv = sandbox.bwrap_prefix(self.root, self.status, self.limits, keep_caps=ZYGOTE_CAPS)
+        caps = ZYGOTE_CAPS if self.status.drop_to_nobody else ZYGOTE_CAPS_USERNS
+        argv = sandbox.bwrap_prefix(self.root, self.status, self.limits, keep_caps=caps)
         argv = [a for a in argv if a != "--die-with-parent"] + ["--die-with-parent"]
         for key, value in sandbox.env_for(self.root).items():
             argv += ["--setenv", key, value]
         argv += ["--", sys.executable, "-c", ZYGOTE, str(theirs.fileno()), str(self.root), *self.preload]
+        # the zygote and its kernel in one cgroup per worker (root): memory and pids in aggregate
+        self.cgroup = sandbox.SlotCgroup(f"{os.getpid()}-{self.starts}", self.limits)
+        if self.cgroup.dirs and self._finalizer is None:  # pool workers exit without __del__
+            import multiprocessing.util
+
+            self._finalizer = multiprocessing.util.Finalize(self, Zygote.close, args=(self,), exitpriority=10)
+        self.starts += 1
+        self.cgroup_held = "; ".join(self.cgroup.held)
+        argv = self.cgroup.wrap(argv)
         log = open(self.root / "zygote.log", "ab")  # noqa: SIM115 - kept for the process's life
         try:
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -262,6 +320,9 @@ class Zygote:
             except subprocess.TimeoutExpired:
                 pass
             self.process = None
+        if self.cgroup is not None:
+            self.cgroup.close()
+            self.cgroup = None
 
     # ---------------------------------------------------------------- protocol
     def _request(self, req: dict, timeout: float = 30.0) -> dict:
@@ -285,17 +346,13 @@ class Zygote:
         return answer
 
     def spawn(self, workdir: Path, connection_file: str, limits: sandbox.Limits) -> int:
-        rlimits = [("RLIMIT_CPU", limits.cpu_seconds), ("RLIMIT_AS", limits.memory_bytes),
-                   ("RLIMIT_FSIZE", limits.file_bytes), ("RLIMIT_NOFILE", limits.open_files),
-                   ("RLIMIT_CORE", 0)]
-        drop = sandbox.NOBODY if self.status.drop_to_nobody else None
-        if drop is not None:
-            rlimits.append(("RLIMIT_NPROC", limits.processes))
+        drop = sandbox.kernel_uid() if self.status.drop_to_nobody else None
+        rlimits = sandbox.rlimits(limits, with_nproc=drop is not None)
         env = sandbox.env_for(Path(workdir))
         self.spawned += 1
         return self._request({"op": "spawn", "workdir": str(workdir), "connection_file": connection_file,
                               "log": str(Path(workdir) / "kernel.log"), "env": env, "rlimits": rlimits,
-                              "drop": drop})["pid"]
+                              "drop": drop, "tmp_bytes": limits.tmp_bytes})["pid"]
 
     def poll(self, pid: int) -> tuple[int | None, float]:
         answer = self._request({"op": "poll", "pid": pid})
