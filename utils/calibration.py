@@ -65,7 +65,7 @@ def _check_scores(name: str, scores) -> torch.Tensor:
         raise ValueError(f"{name} must have shape [N, K] with N >= 1 and K >= 2 classes, got {tuple(t.shape)}")
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} must be finite (found NaN or inf)")
-    return t.detach().to("cpu", torch.float64)
+    return t.detach().cpu().to(torch.float64)  # to the CPU first: MPS has no float64
 
 
 def _check_probs(probs, labels) -> tuple[torch.Tensor, torch.Tensor]:

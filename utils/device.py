@@ -51,3 +51,19 @@ def supports_bfloat16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu"
+
+
+def supports_float64(device: str | torch.device) -> bool:
+    """Whether ``device`` can hold float64 tensors: not Apple's MPS, which has no float64."""
+    return torch.device(device).type != "mps"
+
+
+def float_dtype(device: str | torch.device, want: torch.dtype = torch.float64) -> torch.dtype:
+    """``want`` where ``device`` supports it, else float32 (float64 asked for on MPS).
+
+    The lectures keep their float64 demonstrations on the CPU; code that must put a
+    high-precision tensor on the notebook's ``device`` asks here which dtype it may use.
+    """
+    if want == torch.float64 and not supports_float64(device):
+        return torch.float32
+    return want

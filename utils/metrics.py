@@ -53,7 +53,7 @@ def confusion_matrix(labels, preds, num_classes: int) -> torch.Tensor:
 
 
 def _check_confusion(cm) -> torch.Tensor:
-    cm = torch.as_tensor(cm)
+    cm = torch.as_tensor(cm).detach().cpu()  # float64 below: on the CPU (MPS has no float64)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] == 0:
         raise ValueError(f"a confusion matrix must be square and non-empty, got shape {tuple(cm.shape)}")
     if cm.is_complex() or cm.dtype == torch.bool:
@@ -110,7 +110,7 @@ def entropy(probs: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def smoothed_target(labels, num_classes: int, label_smoothing: float) -> torch.Tensor:
-    """The target that ``nn.CrossEntropyLoss(label_smoothing=eps)`` trains towards.
+    """The target that ``nn.CrossEntropyLoss(label_smoothing=eps)`` trains towards (float64, on the CPU).
 
     ``(1 - eps) * one_hot + eps / K`` (Szegedy et al. 2016): the true class gets ``1 - eps + eps/K``.
     """
@@ -118,7 +118,7 @@ def smoothed_target(labels, num_classes: int, label_smoothing: float) -> torch.T
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    y = _class_indices("labels", labels)
+    y = _class_indices("labels", labels).cpu()  # float64 result: built on the CPU, MPS has no float64
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}), got values from {y.min().item()} to {y.max().item()}")
     one_hot = torch.nn.functional.one_hot(y, num_classes).double()

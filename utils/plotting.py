@@ -26,7 +26,7 @@ def set_style() -> None:
 def plot_distribution(probs: torch.Tensor | Sequence[float], ax=None, labels: Sequence[str] | None = None, title: str | None = None, color: str | None = None):
     """Bar chart of one probability vector (a target or a prediction), values printed on the bars."""
     set_style()
-    values = torch.as_tensor(probs, dtype=torch.float64).detach().cpu()
+    values = torch.as_tensor(probs).detach().cpu().to(torch.float64)  # CPU first: MPS has no float64
     if values.ndim != 1:
         raise ValueError(f"plot_distribution takes one probability vector (1-D), got shape {tuple(values.shape)}")
     if labels is not None and len(labels) != len(values):

@@ -1,18 +1,32 @@
 """Execute lecture notebooks with papermill and report name, seconds and device, one line each.
 
-``python -m utils.runner --device auto --fast 0 --out build/notebooks notebooks/*.ipynb`` is what
-``make course`` runs. Every lecture takes the same three parameters: ``device``, ``seed`` and
-``fast`` (smaller experiments, for CI).
+``python -m utils.runner --device auto --out build/notebooks notebooks/*.ipynb`` is what
+``make course`` runs. Every lecture takes the same two parameters, ``device`` and ``seed``.
+
+Each executed notebook gets a claims file beside it, ``<name>.claims.json``: the numbers the
+lecture's text relies on, written by :func:`utils.claims.record` (the runner points the kernel at
+the file through the ``COURSE_CLAIMS_FILE`` environment variable). ``--cpu-capability`` starts the
+kernels with ``ATEN_CPU_CAPABILITY`` set (``default``, ``avx2``, ``avx512``...): which vectorised
+CPU kernels ATen uses, so the tests can run every lecture the way another CPU would.
+
+There used to be a ``--fast`` switch for smaller experiments; every lecture now runs its full
+experiments in well under a minute, so the tests check the very numbers a student sees. The
+option is still accepted (and ignored) so that old command lines keep working.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.claims import ENV_VAR as CLAIMS_ENV_VAR
 from utils.notebook import DEVICE_LINE_PREFIX
+
+CAPABILITY_ENV_VAR = "ATEN_CPU_CAPABILITY"
 
 
 @dataclass
@@ -22,6 +36,7 @@ class RunResult:
     device: str
     error: str | None = None
     output: Path | None = None
+    claims: Path | None = None
 
     def line(self) -> str:
         status = "ok" if self.error is None else f"FAILED: {self.error}"
@@ -38,38 +53,70 @@ def _device_from(nb) -> str:
     return "?"
 
 
-def execute(path: str | Path, out_dir: str | Path, parameters: dict | None = None, timeout: int = 600) -> RunResult:
-    """Execute one notebook into ``out_dir`` and return what happened (never raises on a cell error)."""
+@contextmanager
+def _environment(values: dict[str, str | None]):
+    """Set (or, for ``None``, unset) environment variables for the kernels started inside."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = str(v)
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def execute(path: str | Path, out_dir: str | Path, parameters: dict | None = None, timeout: int = 600,
+            env: dict[str, str | None] | None = None) -> RunResult:
+    """Execute one notebook into ``out_dir`` and return what happened (never raises on a cell error).
+
+    ``env`` adds (or, with ``None``, removes) environment variables of the kernel, e.g.
+    ``{"ATEN_CPU_CAPABILITY": "default"}``. The lecture's claims go to ``out_dir/<name>.claims.json``.
+    """
     import nbformat
     import papermill as pm
 
     path, out_dir = Path(path), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / path.name
+    claims = out_dir / f"{path.stem}.claims.json"
+    claims.unlink(missing_ok=True)
     start = time.perf_counter()
     error = None
     try:
-        pm.execute_notebook(str(path), str(out), parameters=parameters or {}, cwd=str(path.parent),
-                            kernel_name="python3", progress_bar=False, execution_timeout=timeout)
+        with _environment({**(env or {}), CLAIMS_ENV_VAR: str(claims.resolve())}):
+            pm.execute_notebook(str(path), str(out), parameters=parameters or {}, cwd=str(path.parent),
+                                kernel_name="python3", progress_bar=False, execution_timeout=timeout)
     except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
         error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
     seconds = time.perf_counter() - start
     device = _device_from(nbformat.read(out, as_version=4)) if out.exists() else "?"
-    return RunResult(path.stem, seconds, device, error, out)
+    return RunResult(path.stem, seconds, device, error, out, claims if claims.exists() else None)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", help="notebooks to execute")
-    parser.add_argument("--out", default="build/notebooks", help="folder for the executed copies")
+    parser.add_argument("--out", default="build/notebooks", help="folder for the executed copies and their claims files")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fast", type=int, choices=(0, 1), default=0, help="1: small experiments (CI)")
+    parser.add_argument("--cpu-capability", default=None,
+                        help="run the kernels with ATEN_CPU_CAPABILITY set to this (default, avx2, avx512, ...)")
+    parser.add_argument("--fast", type=int, choices=(0, 1), default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    params = {"device": args.device, "seed": args.seed, "fast": bool(args.fast)}
+    if args.fast:
+        print("note: --fast is ignored; every lecture runs its full experiments", flush=True)
+    params = {"device": args.device, "seed": args.seed}
+    env = {CAPABILITY_ENV_VAR: args.cpu_capability} if args.cpu_capability else None
     results = []
     for nb in args.notebooks:
-        result = execute(nb, args.out, params)
+        result = execute(nb, args.out, params, env=env)
         print(result.line(), flush=True)
         results.append(result)
     total = sum(r.seconds for r in results)
