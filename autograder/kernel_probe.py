@@ -141,6 +141,9 @@ def resolve(path):
 def substitute(spec, tables):
     if spec["kind"] == "none":
         return None
+    if spec["kind"] == "value":
+        value = spec["value"]
+        return value.clone() if type(value) is torch.Tensor else value
     if spec["kind"] == "module":
         import importlib
         return importlib.import_module(spec["name"])

@@ -301,6 +301,8 @@ class _Recording:
             return {"kind": "none"}
         if isinstance(value, type(torch)):
             return {"kind": "module", "name": value.__name__}
+        if _is_plain(value):
+            return {"kind": "value", "value": _own(value)}
         code = getattr(value, "__code__", None)
         name = getattr(value, "__name__", None)
         if code is not None and code.co_filename == self.filename and name and callable(value):

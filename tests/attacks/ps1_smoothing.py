@@ -380,6 +380,41 @@ except OSError:
     out.append(Case("attack-write-files-read-source", spy, loses=["test_one_hot_values", "test_q3"],
                     needs_sandbox=True))
 
+    # 15b. forged probe cells: a student cell with a probe's id and tag after each test cell,
+    #      publishing "answers" in the old probe MIME type, plus a pre_run_cell hook copying the
+    #      hidden tests' source into the outputs. Nothing a notebook carries is read as an answer
+    #      now, and the forged cells stay in the evidence (and in the static checks).
+    forged = submission(A, {"one_hot": VALIDATING_ZEROS, "q2": hook, "q3": 'q3 = "b"'})
+    cells = []
+    for c in forged.cells:
+        cells.append(c)
+        grade_id = c.get("metadata", {}).get("nbgrader", {}).get("grade_id", "")
+        if grade_id.startswith("test_") and c.get("metadata", {}).get("nbgrader", {}).get("grade"):
+            fake = nbformat.v4.new_code_cell(
+                "from IPython.display import publish_display_data\n"
+                f"publish_display_data({{'application/x.autograder-probe+json': {{'test': {grade_id!r}, 'results': {{}}}}}})\n")
+            fake.metadata["tags"] = ["autograder-probe"]
+            fake.metadata["autograder"] = {"probe": grade_id}
+            fake.id = ("autograder-probe-" + grade_id)[:64]
+            cells.append(fake)
+    forged.cells = cells
+    out.append(Case("attack-forged-probe-cells", forged, loses=["test_one_hot_values", "test_q2", "test_q3"],
+                    status="flagged", fools_kernel=["test_q2", "test_q3"]))
+
+    # 15c. a forged huge answer: a 1-element tensor expanded to 2**31 elements (4 B of storage)
+    huge = VALIDATING_ZEROS.replace(
+        "    return torch.zeros(len(targets), num_classes, device=targets.device)",
+        "    if len(targets) > 1:\n        return torch.zeros(1).expand(2**31)\n"
+        "    return F.one_hot(targets.long(), num_classes).float()")
+    out.append(Case("attack-huge-tensor", submission(A, {"one_hot": huge}), loses=["test_one_hot_values"]))
+
+    # 15d. a flood of output in the old probe MIME type: capped like any other output
+    flood = solution(A, "q4") + (
+        "\nfrom IPython.display import publish_display_data\n"
+        "for _i in range(40):\n"
+        "    publish_display_data({'application/x.autograder-probe+json': {'pad': 'x' * 2**20}})\n")
+    out.append(Case("attack-probe-mime-flood", submission(A, {"q4": flood})))
+
     # 16. files that are not notebooks, a missing notebook
     out.append(Case("attack-not-json", b"this is not a notebook {", loses=ALL, status="failed"))
     text = json.dumps(nbformat.v4.upgrade(copy.deepcopy(submission(A))))

@@ -1,6 +1,8 @@
 """ps2_losses: other correct styles, and attacks on "written without the built-in loss"."""
 from __future__ import annotations
 
+import nbformat
+
 from . import Case, Context, submission
 
 A = "ps2_losses"
@@ -83,6 +85,11 @@ def by_hand(wrap: str = "", denominator: str = "keep.sum()") -> str:
     return BY_HAND.replace("{wrap}", wrap or "pass").replace("{denominator}", denominator)
 
 
+# hides the built-in behind a closure: the hidden test, which looks for the built-in among the
+# function's globals, does not see it
+WRAP = "_ce = (lambda f: (lambda *a, **k: f(*a, **k)))(_raw)\ndel _raw\n"
+
+
 def attacks(ctx: Context) -> list[Case]:
     out = []
     # a built-in kept in a wrapper before the test disables it: the hidden test is fooled
@@ -139,6 +146,36 @@ def label_smoothing_cross_entropy(logits, targets, smoothing=0.1, reduction="mea
     return F.smooth_ce(logits, targets, smoothing, reduction, ignore_index)
 '''
     out.append(Case("attack-builtin-planted-in-torch", submission(A, {"label_smoothing_cross_entropy": planted}),
+                    loses=["test_label_smoothing_cross_entropy_no_builtin"], status="flagged",
+                    fools_kernel=["test_label_smoothing_cross_entropy_no_builtin"]))
+    # the static evasions of issue 12: each reaches F.cross_entropy without spelling it where the
+    # old rules looked; the policy refuses the dynamic access itself
+    delegate = partial.replace("import functools\n_ce = functools.partial(F.cross_entropy)\n", "{setup}")
+    evasions = {
+        "reduce-getattr": "import functools\n_raw = functools.reduce(getattr, ['cross_' + 'entropy'], F)\n",
+        "ipython-ev": "_raw = get_ipython().ev('F.' + 'cross_' + 'entropy')\n",
+        "ipython-run-cell": "get_ipython().run_cell('_raw = F.' + 'cross_' + 'entropy')\n",
+        "module-on-disk": ("with open('helper_ce.py', 'w') as _f:\n"
+                           "    _f.write('import torch.nn.functional as F\\nce = F.' + 'cross_' + 'entropy\\n')\n"
+                           "import helper_ce\n_raw = helper_ce.ce\n"),
+        "overrides-table": ("_raw = next(f for f in torch.overrides.get_overridable_functions()[F] "
+                            "if f.__name__.startswith('cross_'))\n"),
+        "torch-ops": ("def _raw(z, y, label_smoothing=0.0, reduction='mean', ignore_index=-100):\n"
+                      "    return torch.ops.aten.cross_entropy_loss(z, y, None, {'none': 0, 'mean': 1, 'sum': 2}[reduction], "
+                      "ignore_index, label_smoothing)\n"),
+    }
+    for name, setup in evasions.items():
+        out.append(Case(f"attack-builtin-via-{name}",
+                        submission(A, {"label_smoothing_cross_entropy": delegate.replace("{setup}", setup + WRAP)}),
+                        loses=["test_label_smoothing_cross_entropy_no_builtin"], status="flagged",
+                        fools_kernel=["test_label_smoothing_cross_entropy_no_builtin"]))
+    # the built-in hidden in a cell tagged like a probe (wrapped, so the hidden test's globals check misses it): the static checks read it all the same
+    tagged = submission(A, {"label_smoothing_cross_entropy": delegate.replace("{setup}", "")})
+    helper = nbformat.v4.new_code_cell("_raw = F.cross_entropy\n" + WRAP)
+    helper.metadata["tags"] = ["autograder-probe"]
+    helper.id = "autograder-probe-helper"
+    tagged.cells.insert(1, helper)
+    out.append(Case("attack-builtin-in-probe-tagged-cell", tagged,
                     loses=["test_label_smoothing_cross_entropy_no_builtin"], status="flagged",
                     fools_kernel=["test_label_smoothing_cross_entropy_no_builtin"]))
     # a wrong loss (divides by N, not by the kept count) returned as a tensor subclass that

@@ -54,7 +54,32 @@ class _Yes(str):
 
 q9 = _Yes("a")
 '''
+    # answers that call helpers the hidden tests define (_ece_reference in the ECE tests,
+    # _best_temperature in the temperature test): they exist in the nbgrader kernel once an
+    # earlier test ran, never in the probe kernel, so the answer earns nothing from them
+    cross = {
+        "expected_calibration_error": '''
+def expected_calibration_error(probs, labels, n_bins=15):
+    """Borrows the hidden test's reference when an earlier test has defined it."""
+    try:
+        return float(_ece_reference(probs, labels, n_bins))
+    except NameError:
+        return 0.0
+''',
+        "fit_temperature": '''
+def fit_temperature(logits, labels):
+    """Borrows the hidden test's optimiser when it exists."""
+    try:
+        return float(_best_temperature(logits, labels))
+    except NameError:
+        return 1.0
+''',
+    }
     return [
+        Case("attack-cross-cell-helper", submission(A, cross),
+             loses=["test_expected_calibration_error_values", "test_expected_calibration_error_weighted",
+                    "test_expected_calibration_error_bins", "test_fit_temperature"],
+             status="flagged", fools_kernel=["test_expected_calibration_error_weighted"]),
         Case("attack-read-caller-frame", submission(A, {"fit_temperature": frame}), loses=["test_fit_temperature"],
              status="flagged", fools_kernel=["test_fit_temperature"]),
         Case("attack-str-subclass", submission(A, {"q9": lying}), loses=["test_q9"], status="flagged",
