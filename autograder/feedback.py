@@ -77,9 +77,9 @@ class Renderer:
 
 
 def exporter(config=None) -> Renderer:
-    """The renderer the worker keeps; ``c.Feedback.timeout`` / ``c.Feedback.memory`` (bytes) in
+    """The renderer the worker keeps; ``c.CourseFeedback.timeout`` / ``.memory`` (bytes) in
     the course config change its limits."""
-    section = config["Feedback"] if config is not None and "Feedback" in config else {}
+    section = config["CourseFeedback"] if config is not None and "CourseFeedback" in config else {}
     kwargs = {}
     if "timeout" in section:
         kwargs["timeout"] = float(section["timeout"])
