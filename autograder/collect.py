@@ -3,28 +3,38 @@
 Two layouts are accepted under ``--submissions DIR`` (both at once too):
 
 * ``DIR/<student_id>/<ASSIGNMENT>.ipynb`` (also nbgrader's ``DIR/<student_id>/<ASSIGNMENT>/<ASSIGNMENT>.ipynb``);
-* LMS downloads, following nbgrader's ``zip_collect`` conventions: every archive (``.zip``,
-  ``.gz``) in DIR (or DIR itself being a ``.zip`` file) is extracted with nbgrader's
-  ``ExtractorPlugin`` (archives inside archives too), and every extracted ``.ipynb`` is
-  attributed with nbgrader's ``FileNameCollectorPlugin``: its ``named_regexp`` must provide the
-  ``student_id`` and ``file_id`` groups and may provide ``timestamp``; the file counts for this
-  assignment when ``file_id`` without extension is the assignment name. The regexp comes from
-  ``--zip-regexp``, else from ``FileNameCollectorPlugin.named_regexp`` in ``nbgrader_config.py``,
-  else nbgrader's documented example ``.*_(?P<student_id>\\w+)_attempt_(?P<timestamp>[0-9\\-]+)_(?P<file_id>\\w+)``,
-  i.e. files named like ``ps1_smoothing_bitdiddle_attempt_2016-01-30-15-00-00_ps1_smoothing.ipynb``.
-  When a student has several attempts, the latest timestamp wins (as in ``zip_collect``).
+* LMS downloads, following nbgrader's ``zip_collect`` naming: every archive (``.zip``, ``.gz``,
+  ``.tar.gz``) in DIR (or DIR itself being one) holds one entry per upload, named by the LMS
+  ``<ASSIGNMENT>_<student_id>_attempt_<timestamp>_<the student's own file name>``, e.g.
+  ``ps1_smoothing_bitdiddle_attempt_2016-01-30-15-00-00_ps1_smoothing.ipynb``. The regexp comes
+  from ``--zip-regexp``, else :func:`default_regexp`; it must provide ``student_id`` and ``file_id`` and may provide
+  ``timestamp``; it is matched against the start of the entry's base name.
 
-Nothing is dropped: a student folder without the notebook, or an extracted notebook whose name
-the regexp cannot attribute, still gets a row (``failed: ...``).
+What it defends against (a student who controls the name and content of their own upload):
+
+* taking another student's id with an upload named ``..._victim_attempt_2099-..._ps1.ipynb``:
+  the default regexp is anchored at the start of the name on the LMS's own prefix
+  (``<ASSIGNMENT>_``), with a non-greedy student id, so the first ``_attempt_<timestamp>_``, the
+  LMS's, decides; the student's file name is only ``file_id``. An archive uploaded by a student
+  (an entry that is itself an archive) is attributed by its own LMS entry name, never by the
+  names inside it;
+* silent loss: two different notebooks claiming one student id with the same timestamp (or a
+  folder and an LMS entry) give one row ``failed: collision: ...`` naming both; a file the regexp
+  cannot attribute, a student folder without the notebook, an upload not named
+  ``<ASSIGNMENT>.ipynb``, or an archive that is not one (corrupt, or not a zip/gzip at all) each
+  give a ``failed: ...`` row, never an exception that stops the run;
+* archive tricks: entries are read into memory, never extracted to disk (no path traversal), and
+  each notebook is capped at :data:`MAX_NOTEBOOK_BYTES` (no decompression bomb).
+
+When a student has several attempts, the latest timestamp wins (as in ``zip_collect``).
+Tests: ``tests/test_grader_units.py`` (``test_collect_*``).
 """
 from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 from pathlib import Path
 
-DEFAULT_REGEXP = r".*_(?P<student_id>\w+)_attempt_(?P<timestamp>[0-9\-]+)_(?P<file_id>\w+)"
 ARCHIVES = (".zip", ".gz")
 _SAFE = re.compile(r"[^A-Za-z0-9._@+~-]")
 
@@ -40,6 +50,7 @@ class Submission:
     problem: str | None = None
     data: bytes | None = None
     timestamp: str | None = None
+    origin: str | None = None   # where it came from, for messages (archive and entry, or the path)
 
 
 #: a notebook larger than this is a ``failed: invalid notebook`` row, not read into memory
@@ -50,7 +61,7 @@ def load(found: list[Submission]) -> list[Submission]:
     """Read every notebook into memory (the main process, before any kernel starts)."""
     out = []
     for sub in found:
-        if sub.path is None or sub.problem:
+        if sub.path is None or sub.problem or sub.data is not None:
             out.append(sub)
             continue
         try:
@@ -87,67 +98,176 @@ def _from_folders(root: Path, assignment: str) -> list[Submission]:
     return out
 
 
-def _from_archives(archives: list[Path], assignment: str, staging: Path, regexp: str) -> list[Submission]:
-    from nbgrader.plugins.zipcollect import ExtractorPlugin, FileNameCollectorPlugin
-
-    archive_dir = staging / "archives"
-    extracted = staging / "extracted"
-    for path in (archive_dir, extracted):
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(parents=True)
+def _from_archives(archives: list[Path], assignment: str, regexp: str | None) -> list[Submission]:
+    """Every upload of the LMS downloads ``archives``, attributed by the LMS's entry names."""
+    pattern = re.compile(regexp or default_regexp(assignment))
+    candidates: list[Submission] = []
     for archive in archives:
-        shutil.copyfile(archive, archive_dir / archive.name)
-    ExtractorPlugin(zip_ext=list(ARCHIVES)).extract(str(archive_dir), str(extracted))
-    collector = FileNameCollectorPlugin(named_regexp=regexp)
-    best: dict[str, tuple[str, str]] = {}
-    unmatched = []
-    for path in sorted(extracted.rglob("*.ipynb")):
-        if ".ipynb_checkpoints" in path.parts or "__MACOSX" in path.parts:
+        try:
+            entries = _entries(archive)
+        except BadArchive as exc:
+            candidates.append(Submission(safe_id("bad-archive-" + archive.name), None,
+                                         f"bad archive {archive.name}: {exc}", origin=archive.name))
             continue
-        info = collector.collect(str(path))
-        if not info or "student_id" not in info or "file_id" not in info:
-            unmatched.append(path)
+        for name, read in entries:
+            base = name.rsplit("/", 1)[-1]
+            parts = name.split("/")
+            if not base or "__MACOSX" in parts or ".ipynb_checkpoints" in parts or base.startswith("._"):
+                continue
+            origin = f"{archive.name}:{name}"
+            match = pattern.match(base)
+            info = match.groupdict() if match else {}
+            if not info.get("student_id") or info.get("file_id") is None:
+                if base.endswith(".ipynb") or _is_archive_name(base):
+                    if regexp is None and "_attempt_" in base and not base.startswith(assignment + "_"):
+                        continue  # another assignment's upload in the same download
+                    candidates.append(Submission(safe_id("unmatched-" + Path(base).stem), None,
+                                                 f"cannot tell the student from the file name {base!r} "
+                                                 f"(regexp {pattern.pattern!r})", origin=origin))
+                continue
+            student, stamp, file_id = safe_id(info["student_id"]), info.get("timestamp") or "", info["file_id"]
+            candidates.append(_upload(student, stamp, file_id, read, assignment, origin))
+    return candidates
+
+
+def _upload(student: str, stamp: str, file_id: str, read, assignment: str, origin: str) -> Submission:
+    """One student's upload: the notebook itself, or an archive holding ``<assignment>.ipynb``."""
+    wanted = f"{assignment}.ipynb"
+    try:
+        if _is_archive_name(file_id):
+            # a student's own archive: its inner names attribute nothing, only hold the notebook
+            inner = _entries_of_bytes(read(), file_id)
+            found = [(n, r) for n, r in inner if n.rsplit("/", 1)[-1] == wanted and "__MACOSX" not in n]
+            if len(found) != 1:
+                listed = ", ".join(n for n, _ in inner if n.endswith(".ipynb"))[:300] or "no notebook"
+                return Submission(student, None, f"no single {wanted} in the uploaded archive {file_id!r} "
+                                                 f"({listed})", timestamp=stamp or None, origin=origin)
+            data = found[0][1]()
+        else:
+            if Path(file_id).name != wanted and Path(file_id).stem != assignment:
+                return Submission(student, None, f"no {wanted} in the submission (found: {file_id})",
+                                  timestamp=stamp or None, origin=origin)
+            data = read()
+    except BadArchive as exc:
+        return Submission(student, None, f"bad archive {file_id!r}: {exc}", timestamp=stamp or None, origin=origin)
+    except TooLarge as exc:
+        return Submission(student, None, f"invalid notebook: {exc}", timestamp=stamp or None, origin=origin)
+    except Exception as exc:  # an entry that cannot be read back (truncated archive...)
+        return Submission(student, None, f"bad archive entry {origin!r}: {type(exc).__name__}: {exc}",
+                          timestamp=stamp or None, origin=origin)
+    return Submission(student, None, data=data, timestamp=stamp or None, origin=origin)
+
+
+class BadArchive(ValueError):
+    pass
+
+
+class TooLarge(ValueError):
+    pass
+
+
+def _is_archive_name(name: str) -> bool:
+    return name.endswith(ARCHIVES)
+
+
+def _capped(handle, what: str) -> bytes:
+    data = handle.read(MAX_NOTEBOOK_BYTES + 1)
+    if len(data) > MAX_NOTEBOOK_BYTES:
+        raise TooLarge(f"{what} is larger than {MAX_NOTEBOOK_BYTES} bytes")
+    return data
+
+
+def _entries(path: Path):
+    """``[(entry name, read())]`` of an archive file (read() returns the bytes, capped)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadArchive(exc.strerror or str(exc)) from exc
+    return _entries_of_bytes(data, path.name)
+
+
+def _entries_of_bytes(data: bytes, name: str):
+    import gzip
+    import io
+    import tarfile
+    import zipfile
+
+    try:
+        if name.endswith(".zip"):
+            if not zipfile.is_zipfile(io.BytesIO(data)):
+                raise BadArchive("not a zip file")
+            archive = zipfile.ZipFile(io.BytesIO(data))
+            bad = archive.testzip()
+            if bad is not None:
+                raise BadArchive(f"corrupt entry {bad!r}")
+            return [(info.filename, lambda info=info: _capped(archive.open(info), info.filename))
+                    for info in archive.infolist() if not info.is_dir()]
+        # .gz: a gzipped tar, or one gzipped file named like the archive without .gz
+        try:
+            tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")
+            members = tar.getmembers()
+            return [(m.name, lambda m=m: _capped(tar.extractfile(m), m.name)) for m in members if m.isfile()]
+        except tarfile.ReadError:
+            pass
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as handle:
+            content = _capped(handle, name)
+        return [(name[: -len(".gz")], lambda: content)]
+    except BadArchive:
+        raise
+    except TooLarge as exc:
+        raise BadArchive(str(exc)) from exc
+    except Exception as exc:  # zlib.error, BadZipFile, TarError, EOFError...: whatever the bytes do
+        raise BadArchive(f"{type(exc).__name__}: {exc}") from exc
+
+
+def default_regexp(assignment: str) -> str:
+    """The LMS's name, anchored on its own prefix: ``<assignment>_<student>_attempt_<timestamp>_<file>``."""
+    return (rf"{re.escape(assignment)}_(?P<student_id>\w+?)_attempt_(?P<timestamp>[0-9][0-9\-]*)"
+            rf"_(?P<file_id>.+)\Z")
+
+
+def _resolve(found: list[Submission]) -> list[Submission]:
+    """One row per student id: the latest attempt; a collision (two different notebooks with the
+    same id and timestamp, or a folder and an archive entry) is a failed row naming both."""
+    by_id: dict[str, list[Submission]] = {}
+    for sub in found:
+        by_id.setdefault(sub.student_id, []).append(sub)
+    out = []
+    for student, subs in sorted(by_id.items()):
+        real = [s for s in subs if not s.problem]
+        if not real:
+            out.append(max(subs, key=lambda s: s.timestamp or ""))
             continue
-        if Path(info["file_id"]).stem != assignment and Path(info["file_id"]).name != assignment:
-            continue
-        student = safe_id(info["student_id"])
-        stamp = info.get("timestamp") or ""
-        if student not in best or stamp >= best[student][0]:
-            best[student] = (stamp, str(path))
-    out = [Submission(s, p, timestamp=t or None) for s, (t, p) in sorted(best.items())]
-    for path in unmatched:
-        out.append(Submission(safe_id("unmatched-" + path.stem), None,
-                              f"cannot tell the student from the file name {path.name!r} "
-                              f"(regexp {regexp!r})"))
+        latest = max(s.timestamp or "" for s in real)
+        top = [s for s in real if (s.timestamp or "") == latest]
+        contents = {s.data if s.data is not None else ("path", s.path) for s in top}
+        if len(contents) > 1:
+            names = ", ".join(sorted(s.origin or s.path or "?" for s in top))
+            out.append(Submission(student, None, f"collision: {len(top)} different notebooks claim student id "
+                                                 f"{student!r} ({names}); grade them after telling them apart",
+                                  timestamp=latest or None))
+        else:
+            out.append(top[0])
     return out
 
 
-def collect(submissions: Path, assignment: str, staging: Path, regexp: str | None = None) -> list[Submission]:
-    """Every submission under ``submissions`` (see the module docstring), sorted by student id."""
+def collect(submissions: Path, assignment: str, staging: Path | None = None,
+            regexp: str | None = None) -> list[Submission]:
+    """Every submission under ``submissions`` (see the module docstring), sorted by student id,
+    each notebook read into memory. ``staging`` is unused (archives are read in memory)."""
     submissions = Path(submissions)
-    regexp = regexp or DEFAULT_REGEXP
     if submissions.is_file():
-        if submissions.suffix not in ARCHIVES:
-            raise ValueError(f"--submissions must be a folder or a .zip file, got {submissions}")
-        found = _from_archives([submissions], assignment, staging, regexp)
+        if not _is_archive_name(submissions.name):
+            raise ValueError(f"--submissions must be a folder or a .zip/.gz file, got {submissions}")
+        found = _from_archives([submissions], assignment, regexp)
     elif submissions.is_dir():
         found = _from_folders(submissions, assignment)
-        archives = sorted(p for p in submissions.iterdir() if p.is_file() and p.suffix in ARCHIVES)
+        archives = sorted(p for p in submissions.iterdir() if p.is_file() and _is_archive_name(p.name))
         if archives:
-            found += _from_archives(archives, assignment, staging, regexp)
+            found += _from_archives(archives, assignment, regexp)
     else:
         raise ValueError(f"--submissions {submissions} does not exist")
-    # one row per student id; two different notebooks under one id both stay (suffix ~2, ~3, ...)
-    seen: dict[str, Submission] = {}
     for sub in found:
-        previous = seen.get(sub.student_id)
-        if previous is None:
-            seen[sub.student_id] = sub
-        elif previous.path is None:
-            seen[sub.student_id] = sub if sub.path is not None else previous
-        elif sub.path is not None and sub.path != previous.path:
-            n = 2
-            while f"{sub.student_id}~{n}" in seen:
-                n += 1
-            seen[f"{sub.student_id}~{n}"] = dataclasses.replace(sub, student_id=f"{sub.student_id}~{n}")
-    return load([seen[k] for k in sorted(seen)])
+        if sub.origin is None and sub.path is not None:
+            sub.origin = sub.path
+    return load(_resolve(load(found)))

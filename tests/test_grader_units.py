@@ -81,20 +81,112 @@ def test_collect_folders_keeps_every_student(tmp_path):
     assert "ps1 (1).ipynb" in found[3].problem and "no notebook" in found[4].problem
 
 
+def _notebook_bytes(marker: str) -> bytes:
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_markdown_cell(marker, id="cell-1"))  # fixed id: same marker, same bytes
+    return nbformat.writes(nb).encode()
+
+
 def test_collect_lms_zip_latest_attempt_wins_and_nothing_is_dropped(tmp_path):
-    src = _nb(tmp_path, "x.ipynb")
     archive = tmp_path / "subs" / "download.zip"
     archive.parent.mkdir()
     with zipfile.ZipFile(archive, "w") as zf:
-        zf.write(src, "ps1_ann_attempt_2026-01-01-10-00-00_ps1.ipynb")
-        zf.write(src, "ps1_ann_attempt_2026-01-02-10-00-00_ps1.ipynb")
-        zf.write(src, "ps1_bob_attempt_2026-01-01-09-00-00_ps1.ipynb")
-        zf.write(src, "ps1_bob_attempt_2026-01-01-09-00-00_ps2.ipynb")  # another assignment: ignored
-        zf.write(src, "random name.ipynb")                               # cannot be attributed: a row
+        zf.writestr("ps1_ann_attempt_2026-01-01-10-00-00_ps1.ipynb", _notebook_bytes("ann old"))
+        zf.writestr("ps1_ann_attempt_2026-01-02-10-00-00_ps1.ipynb", _notebook_bytes("ann new"))
+        zf.writestr("ps1_bob_attempt_2026-01-01-09-00-00_ps1.ipynb", _notebook_bytes("bob"))
+        zf.writestr("ps1_bob_attempt_2026-01-01-09-00-00_ps2.ipynb", _notebook_bytes("bob ps2"))  # another file
+        zf.writestr("random name.ipynb", _notebook_bytes("who?"))       # cannot be attributed: a row
     found = {s.student_id: s for s in collect.collect(archive.parent, "ps1", tmp_path / "staging")}
     assert set(found) == {"ann", "bob", "unmatched-random_name"}
-    assert "2026-01-02" in found["ann"].path
-    assert found["unmatched-random_name"].path is None and "regexp" in found["unmatched-random_name"].problem
+    assert b"ann new" in found["ann"].data and found["ann"].timestamp.startswith("2026-01-02")
+    assert b"bob" in found["bob"].data and found["bob"].problem is None
+    assert found["unmatched-random_name"].data is None and "regexp" in found["unmatched-random_name"].problem
+
+
+def test_collect_lms_id_comes_from_the_lms_part_of_the_name(tmp_path):
+    """A student's own upload name cannot carry another student's id (issue 12, item 7): the
+    attacker's later "attempt" inside the file name neither replaces nor drops the victim's."""
+    archive = tmp_path / "subs" / "download.zip"
+    archive.parent.mkdir()
+    forged = "ps1_mallory_attempt_2026-01-01-09-00-00_x_victim_attempt_2099-12-31-23-59-59_ps1.ipynb"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ps1_victim_attempt_2026-01-01-10-00-00_ps1.ipynb", _notebook_bytes("victim's own"))
+        zf.writestr(forged, _notebook_bytes("mallory's forgery"))
+    found = {s.student_id: s for s in collect.collect(archive.parent, "ps1")}
+    assert b"victim's own" in found["victim"].data and found["victim"].problem is None
+    assert found["mallory"].data is None and "x_victim_attempt_2099" in found["mallory"].problem
+    # and nbgrader's documented greedy regexp, given explicitly, is what the default no longer does
+    greedy = r".*_(?P<student_id>\w+)_attempt_(?P<timestamp>[0-9\-]+)_(?P<file_id>\w+)"
+    fooled = {s.student_id: s for s in collect.collect(archive.parent, "ps1", regexp=greedy)}
+    assert b"mallory's forgery" in fooled["victim"].data
+
+
+def test_collect_lms_archive_inside_an_upload_is_attributed_by_its_lms_name(tmp_path):
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as zf:
+        zf.writestr("ps1_victim_attempt_2099-01-01-00-00-00_ps1.ipynb", _notebook_bytes("planted"))
+        zf.writestr("work/ps1.ipynb", _notebook_bytes("mallory's notebook"))
+    archive = tmp_path / "subs" / "download.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ps1_mallory_attempt_2026-01-01-09-00-00_work.zip", inner.getvalue())
+        zf.writestr("ps1_victim_attempt_2026-01-01-10-00-00_ps1.ipynb", _notebook_bytes("victim's own"))
+    found = {s.student_id: s for s in collect.collect(archive.parent, "ps1")}
+    assert set(found) == {"mallory", "victim"}
+    assert b"mallory's notebook" in found["mallory"].data
+    assert b"victim's own" in found["victim"].data
+
+
+def test_collect_reports_collisions(tmp_path):
+    """Two different notebooks for one student id and one timestamp (here: a folder and an LMS
+    entry, and two entries) give one failed row naming both; nobody is dropped silently."""
+    subs = tmp_path / "subs"
+    (subs / "ann").mkdir(parents=True)
+    (subs / "ann" / "ps1.ipynb").write_bytes(_notebook_bytes("ann in a folder"))
+    with zipfile.ZipFile(subs / "download.zip", "w") as zf:
+        zf.writestr("ps1_ann_attempt_2026-01-01-10-00-00_ps1.ipynb", _notebook_bytes("ann in the zip"))
+        zf.writestr("ps1_bob_attempt_2026-01-01-10-00-00_ps1.ipynb", _notebook_bytes("bob 1"))
+        zf.writestr("dup/ps1_bob_attempt_2026-01-01-10-00-00_ps1.ipynb", _notebook_bytes("bob 2"))
+        zf.writestr("copy/ps1_cid_attempt_2026-01-01-10-00-00_ps1.ipynb", _notebook_bytes("cid"))
+        zf.writestr("ps1_cid_attempt_2026-01-01-10-00-00_ps1.ipynb", _notebook_bytes("cid"))  # same bytes
+    found = {s.student_id: s for s in collect.collect(subs, "ps1")}
+    # ann: the zip's timestamped attempt is later than the folder's (none): the latest wins
+    assert b"ann in the zip" in found["ann"].data
+    assert found["bob"].data is None and found["bob"].problem.startswith("collision: 2 different notebooks")
+    assert "dup/ps1_bob" in found["bob"].problem
+    assert found["cid"].problem is None and b"cid" in found["cid"].data   # identical copies: no collision
+
+
+@pytest.mark.parametrize("name, content", [
+    ("download.zip", b"this is not a zip file at all"),
+    ("download.gz", b"\x1f\x8b\x08\x00broken gzip"),
+    ("download.zip", b"PK\x03\x04" + b"\x00" * 40),  # a zip's magic, then nothing
+])
+def test_collect_bad_archive_is_a_failed_row_not_a_crash(tmp_path, name, content):
+    subs = tmp_path / "subs"
+    (subs / "ann").mkdir(parents=True)
+    (subs / "ann" / "ps1.ipynb").write_bytes(_notebook_bytes("ann"))
+    (subs / name).write_bytes(content)
+    found = {s.student_id: s for s in collect.collect(subs, "ps1")}
+    bad = found.pop(f"bad-archive-{name}")
+    assert bad.problem.startswith(f"bad archive {name}: "), bad.problem
+    assert set(found) == {"ann"} and found["ann"].problem is None
+
+
+def test_collect_gzipped_notebook_and_tarball(tmp_path):
+    import gzip
+    import tarfile
+
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (subs / "ps1_ann_attempt_2026-01-01-10-00-00_ps1.ipynb.gz").write_bytes(gzip.compress(_notebook_bytes("ann")))
+    with tarfile.open(subs / "all.tar.gz", "w:gz") as tar:
+        payload = _notebook_bytes("bob")
+        info = tarfile.TarInfo("ps1_bob_attempt_2026-01-01-10-00-00_ps1.ipynb")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    found = {s.student_id: s for s in collect.collect(subs, "ps1")}
+    assert b"ann" in found["ann"].data and b"bob" in found["bob"].data
 
 
 def test_collect_refuses_a_missing_folder(tmp_path):
