@@ -16,7 +16,8 @@ R1. no dynamic access: anything that could reach a name without spelling it is r
     ``.ev``/``.run_cell``/``.ex``, magics, ``!`` shell lines); ``importlib``, ``pickle``,
     ``runpy``, ``ctypes``...; torch's dynamic entry points and tables (``torch.ops``,
     ``torch._C``, ``torch._refs``, ``torch._decomp``, ``torch.overrides``, ``torch.library``,
-    ``torch.jit``, ``torch.hub``, ``torch.load``, ``torch.utils``, ``torch.compile``...) and any
+    ``torch.jit``, ``torch.hub``, ``torch.load``, ``torch.utils``, ``torch.compile``...; not
+    ``torch.autograd``, which an answer may use for its own ``Function``) and any
     private (``_name``) attribute of a library module; importing a module that is not on
     :data:`ALLOWED_IMPORTS` (a module the student wrote to disk and imports is not readable
     here);
@@ -56,7 +57,7 @@ DYNAMIC_ATTRS = {"__dict__", "__getattribute__", "__globals__", "__builtins__", 
 BANNED_MODULES = {"importlib", "pickle", "marshal", "dill", "cloudpickle", "ctypes", "cffi", "gc",
                   "inspect", "builtins", "runpy", "types", "operator", "copyreg", "shelve"}
 TORCH_DYNAMIC = {"load", "jit", "hub", "package", "ops", "overrides", "library", "utils", "compile", "fx",
-                 "export", "func", "autograd", "testing", "backends", "classes", "distributed"}
+                 "export", "func", "testing", "backends", "classes", "distributed"}
 #: top-level modules a student cell may import (anything else could be a module written to disk)
 ALLOWED_IMPORTS = {"torch", "numpy", "math", "cmath", "random", "functools", "itertools", "collections",
                    "typing", "dataclasses", "warnings", "time", "statistics", "abc", "enum", "numbers",

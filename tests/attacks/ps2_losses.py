@@ -174,7 +174,9 @@ def label_smoothing_cross_entropy(logits, targets, smoothing=0.1, reduction="mea
     helper = nbformat.v4.new_code_cell("_raw = F.cross_entropy\n" + WRAP)
     helper.metadata["tags"] = ["autograder-probe"]
     helper.id = "autograder-probe-helper"
-    tagged.cells.insert(1, helper)
+    answer_at = next(i for i, c in enumerate(tagged.cells)
+                     if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == "label_smoothing_cross_entropy")
+    tagged.cells.insert(answer_at + 1, helper)
     out.append(Case("attack-builtin-in-probe-tagged-cell", tagged,
                     loses=["test_label_smoothing_cross_entropy_no_builtin"], status="flagged",
                     fools_kernel=["test_label_smoothing_cross_entropy_no_builtin"]))
