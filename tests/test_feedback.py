@@ -322,7 +322,7 @@ def test_no_false_checksum_warnings_but_tampering_reported(course, caplog):
 
     with_hidden = sum("BEGIN HIDDEN TESTS" in c.source for c in nbtools.load(A).cells)
     _, stock = run(OverwriteCells, "honest")
-    assert len(stock) == with_hidden == 14, "the premise: nbgrader #1961's false alarms"
+    assert len(stock) == with_hidden > 0, "the premise: nbgrader #1961's false alarms, one per test cell with hidden tests"
     nb, ours = run(OverwriteCellsHiddenAware, "honest")
     assert ours == []
     restored = {nbtools.grade_id(c): c.source for c in nb.cells}
@@ -446,7 +446,8 @@ def test_real_batch(tmp_path):
     cases["begin-hidden"] = (nb, 20)
     cases["stub"] = (nbtools.build_submission(A, fill_solutions=False), 0)
     for sid, (nb, _) in cases.items():
-        nbformat.write(nb, subs / f"{sid}.ipynb")  # <student_id>.ipynb in a folder
+        (subs / sid).mkdir()
+        nbformat.write(nb, subs / sid / f"{A}.ipynb")  # <student_id>/<assignment>.ipynb
     out = tmp_path / "out"
     t = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "autograder", "grade", A, "--submissions", str(subs),
@@ -466,6 +467,7 @@ def test_real_batch(tmp_path):
         if expected is not None:
             assert row["score"] == expected, (sid, row["score"], row.get("failure"))
         pages = [p for p in out.rglob("*.html") if sid in p.parts or p.stem == sid]
+        assert len(rows) == len(cases), sorted(rows)
         assert pages, f"no feedback page for {sid}"
         page = pages[0].read_text()
         assert_inert(page)
