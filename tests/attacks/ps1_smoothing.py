@@ -406,7 +406,9 @@ except OSError:
         "    return torch.zeros(len(targets), num_classes, device=targets.device)",
         "    if len(targets) > 1:\n        return torch.zeros(1).expand(2**31)\n"
         "    return F.one_hot(targets.long(), num_classes).float()")
-    out.append(Case("attack-huge-tensor", submission(A, {"one_hot": huge}), loses=["test_one_hot_values"]))
+    out.append(Case("attack-huge-tensor", submission(A, {"one_hot": huge}),
+                    loses=["test_one_hot_values", "test_one_hot_2d_target", "test_one_hot_errors"], status="flagged",
+                    why="the worker refuses the forged view unread: every test that asked for it loses"))
 
     # 15d. a flood of output in the old probe MIME type: capped like any other output
     flood = solution(A, "q4") + (
