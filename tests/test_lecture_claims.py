@@ -94,3 +94,113 @@ def test_01_rounding_gap_is_within_the_derived_range(cap, run_dir):
     # float64, same reasoning with 2^-53 / 2^-54: between floor(53 log 2) + 1 = 37 and floor(log 9 + 54 log 2) + 1 = 40
     assert math.floor(53 * math.log(2)) + 1 <= r["float64_kernel"] <= math.floor(math.log(9) + 54 * math.log(2)) + 1
     assert c["three_ce_forms_maxdiff"] < 1e-5
+
+
+# --------------------------------------------------------------------------------------------- 02
+@pytest.mark.slow
+@parametrize_cap
+def test_02_cross_entropy(cap, run_dir):
+    c = claims("02_cross_entropy", cap, run_dir)
+    for name in ("by_hand_vs_builtin", "lse_by_hand_vs_builtin", "log_softmax_by_hand_vs_builtin", "grad_by_hand_vs_autograd",
+                 "index_vs_one_hot", "soft_module_vs_by_hand"):
+        assert c[name] < 1e-6, f"{name}: {c[name]}"
+    assert abs(c["uniform_loss"] - math.log(10)) < 1e-6, "a uniform prediction costs log K"
+    perfect = {float(k): v for k, v in c["perfect_losses"].items()}
+    gaps = sorted(perfect)
+    assert all(perfect[a] > perfect[b] for a, b in zip(gaps, gaps[1:])) and perfect[50.0] == 0.0, perfect
+    assert abs(c["init_loss"] - math.log(10)) < 0.1, "an untrained MLP starts near log K"
+    assert c["naive"] == {"exp_1000_is_inf": True, "softmax_0_is_nan": True}
+    los = c["log_of_softmax"]
+    assert los["log_softmax_then_log"][1:] == ["-inf", "-inf"] and los["log_softmax"] == [0.0, -1000.0, -2000.0]
+    nvs = c["naive_vs_stable"]
+    assert nvs["naive_loss"] == "inf" and nvs["naive_grad_has_nan"]
+    assert nvs["stable_loss"] == 2000.0 and nvs["stable_grad"] == [1.0, 0.0, -1.0], "the stable gradient is p - y exactly"
+    errors = c["target_dtype_errors"]
+    assert all(errors.values()) and "floating point" in errors["int64, shape [N, K]"] and "Long" in errors["int32, shape [N]"]
+    assert abs(c["unnormalised_ratio"] - 2) < 1e-6, "rows are not renormalised"
+    assert "multi-target not supported" in c["two_d_target"]["error"] and c["two_d_target"]["fixed_minus_index"] < 1e-7
+    assert "batch_size" in c["squeeze_error"]
+
+
+# --------------------------------------------------------------------------------------------- 03
+@pytest.mark.slow
+@parametrize_cap
+def test_03_label_smoothing(cap, run_dir):
+    c = claims("03_label_smoothing", cap, run_dir)
+    assert c["q_uniform_K3"] == pytest.approx([0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3], abs=1e-15)
+    assert c["manual_vs_builtin"] < 1e-6 and c["others_same_eps_minus_builtin"] > 1e-3
+    assert c["q_others_K3"] == pytest.approx([0.9, 0.05, 0.05], abs=1e-15)
+    assert abs(c["conversion"]["eps_u"] - 0.15) < 1e-12 and c["conversion"]["maxdiff"] < 1e-12
+    pt = c["practice_task"]
+    assert round(pt["manual"], 4) == round(pt["eps_0.15"], 4) == 0.5198 and round(pt["eps_0.10"], 4) == 0.4673
+    assert c["k5_quiz"]["maxdiff_0125"] < 1e-12 and c["k5_quiz"]["target_010"] == pytest.approx([0.02, 0.92, 0.02, 0.02, 0.02], abs=1e-15)
+    tw = c["twice"]
+    assert abs(tw["eps_eff"] - 0.19) < 1e-12 and tw["vs_manual"] < 1e-6 and tw["vs_eps_eff"] < 1e-6
+    re = c["range_ends"]
+    assert re["eps0_minus_plain"] == 0 and re["eps1_spread"] < 1e-6 and "between 0.0 and 1.0" in re["eps1.5_error"]
+    neg = c["negative"]
+    assert neg["equal_to_plain"] and neg["extrapolated_minus_plain"] > 1e-4 and neg["extrapolated_has_negative"]
+    assert all(c["negative_ignored"].values()), c["negative_ignored"]
+    v = c["validation"]
+    assert v["0.1"].startswith("ok") and v["1.0"].startswith("ok") and all(v[k].startswith("ValueError") for k in ("-0.05", "1.5", "nan"))
+    assert c["kl_identity"] < 1e-6
+    floors = {int(k): f for k, f in c["floors"].items()}
+    assert round(floors[3], 4) == 0.2911 and round(floors[10], 4) == 0.5003
+    assert all(floors[a] < floors[b] for a, b in zip(sorted(floors), sorted(floors)[1:])), "the floor grows with K"
+    fr = c["floor_run"]
+    assert fr["smooth_min"] >= floors[10] - 1e-9 and abs(fr["smooth_last"] - floors[10]) < 1e-6
+    assert abs(fr["optimal_gap"] - math.log(91)) < 1e-12 and abs(fr["gap_last"] - fr["optimal_gap"]) < 1e-3 and fr["p_minus_q"] < 1e-4
+    assert fr["plain_last"] < 0.02 and fr["plain_last"] < fr["plain_mid"] and fr["plain_gap_last"] > fr["plain_gap_mid"] > fr["optimal_gap"]
+    assert c["memory_light"] < 1e-5
+    q = c["quiz"]
+    assert round(q["smoothed"], 4) == 0.5539 and round(q["plain"], 4) == 0.3406 and abs(q["by_hand"] - q["smoothed"]) < 1e-6
+    assert c["quiz_reversed"]["smoothed"] < c["quiz_reversed"]["plain"]
+
+
+@pytest.mark.slow
+@parametrize_cap
+def test_03_weight_and_ignore_index_semantics(cap, run_dir):
+    import torch
+    import torch.nn.functional as F
+
+    c = claims("03_label_smoothing", cap, run_dir)
+    w = c["weights"]
+    assert abs(w["index"] - w["index_by_hand"]) < 1e-6 and abs(w["probs"] - w["probs_by_hand"]) < 1e-6
+    assert abs(w["ratio"] - w["N_over_sum_w"]) < 1e-5 and abs(w["N_over_sum_w"] - 1) > 0.05, "the two divisors differ"
+    ig = c["ignore_index"]
+    assert ig["with_padding_minus_real_rows"] < 1e-6 and ig["masked_by_hand_minus_builtin"] < 1e-6
+    assert "ignore_index is not supported" in ig["probs_error"]
+    # the same facts, straight from torch on other inputs (the lecture's numbers are not special)
+    gen = torch.Generator().manual_seed(123)
+    z, y, wt, eps = torch.randn(9, 4, generator=gen, dtype=torch.float64), torch.randint(0, 4, (9,), generator=gen), torch.rand(4, generator=gen, dtype=torch.float64) + 0.1, 0.2
+    q = (1 - eps) * F.one_hot(y, 4).double() + eps / 4
+    num = (wt * q * -F.log_softmax(z, dim=1)).sum()
+    assert torch.allclose(F.cross_entropy(z, y, weight=wt, label_smoothing=eps), num / wt[y].sum())
+    assert torch.allclose(F.cross_entropy(z, q, weight=wt), num / len(y))
+
+
+# --------------------------------------------------------------------------------------------- 04
+@pytest.mark.slow
+@parametrize_cap
+def test_04_gradients(cap, run_dir):
+    c = claims("04_gradients", cap, run_dir)
+    assert c["grad_one_maxdiff"] < 1e-6 and all(d < 1e-6 for d in c["grad_batch_maxdiff"].values()) and c["row_sum_max"] < 1e-6
+    assert c["closed_form_diff"] < 1e-12
+    push = c["push"]
+    assert push["plain_always_negative"]
+    for e in ("0.1", "0.2"):
+        p = push[e]
+        assert p["sign_change_at_g_star"] and p["weaker_before"] and p["stronger_after"], (e, p)
+        assert abs(p["grad_at_12"] - p["limit"]) < 1e-3
+    for e, row in c["gap_table"].items():
+        assert abs(row["others"] - row["pytorch_at_eps_prime"]) < 1e-12
+    gd = c["gd"]
+    for conv in ("pytorch", "others"):
+        for e, r in gd[conv].items():
+            if r["formula"] is not None:
+                assert abs(r["gap_100"] - r["formula"]) < 1e-3 and abs(r["gap_last"] - r["formula"]) < 1e-6, (conv, e, r)
+    assert gd["others_spread"] < 1e-12 and gd["mean_logit_max"] < 1e-12
+    pg = c["plain_growth"]
+    assert pg["monotone"] and pg["passes_g_star_0.05"]
+    assert abs(pg["growth"] - math.log(10)) < 0.15, "a tenfold longer run adds about log 10 to the gap"
+    assert abs(pg["last"] - pg["log_K_lr_t"]) < 0.05, "the plain gap follows log(K lr t)"

@@ -48,6 +48,6 @@ def test_lecture_has_parameters_cell(path):
     tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1, f"{path.name}: needs exactly one cell tagged 'parameters'"
     src = "".join(tagged[0]["source"])
-    for name in ("device = \"auto\"", "seed = 0", "fast = False"):
+    for name in ("device = \"auto\"", "seed = 0"):
         assert name in src, f"{path.name}: the parameters cell must set {name}"
     assert ".cuda()" not in "".join("".join(c["source"]) for c in nb["cells"]), f"{path.name}: hard-coded .cuda(); use the device parameter"

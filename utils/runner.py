@@ -27,6 +27,7 @@ from utils.claims import ENV_VAR as CLAIMS_ENV_VAR
 from utils.notebook import DEVICE_LINE_PREFIX
 
 CAPABILITY_ENV_VAR = "ATEN_CPU_CAPABILITY"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -90,7 +91,9 @@ def execute(path: str | Path, out_dir: str | Path, parameters: dict | None = Non
     start = time.perf_counter()
     error = None
     try:
-        with _environment({**(env or {}), CLAIMS_ENV_VAR: str(claims.resolve())}):
+        # the kernel imports `utils` from this checkout, whatever an editable install elsewhere points to
+        pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        with _environment({"PYTHONPATH": pythonpath, **(env or {}), CLAIMS_ENV_VAR: str(claims.resolve())}):
             pm.execute_notebook(str(path), str(out), parameters=parameters or {}, cwd=str(path.parent),
                                 kernel_name="python3", progress_bar=False, execution_timeout=timeout)
     except Exception as exc:  # papermill raises PapermillExecutionError with the cell's traceback
