@@ -44,7 +44,29 @@ except ImportError as _exc:
 
 c = get_config()  # noqa: F821 (provided by traitlets when it loads this file)
 
-c.CourseDirectory.course_id = "label-smoothing-pytorch"
+
+
+def _instructors_course_id():
+    """The course id of the instructor's own Jupyter config (~/.jupyter/nbgrader_config.py and the
+    other Jupyter config folders), if one sets it: nbgrader reads this file last, so without this
+    lookup the id below would always win, and JupyterLab's Assignment List and formgrader would
+    not see the instructor's course in the exchange."""
+    from pathlib import Path
+
+    from jupyter_core.paths import jupyter_config_path
+    from traitlets.config.loader import PyFileConfigLoader
+
+    here = Path(__file__).resolve()
+    for folder in jupyter_config_path():  # highest priority first
+        path = Path(folder) / "nbgrader_config.py"
+        if path.is_file() and path.resolve() != here:
+            found = PyFileConfigLoader(path.name, path=str(path.parent)).load_config()
+            if "course_id" in found.CourseDirectory:
+                return found.CourseDirectory.course_id
+    return None
+
+
+c.CourseDirectory.course_id = _instructors_course_id() or "label-smoothing-pytorch"
 
 # A cell that runs longer than this is interrupted and fails (each test cell takes well under 2 s).
 c.Execute.timeout = 60

@@ -133,19 +133,23 @@ class Course:
 
     def nbgrader(self, *args: str, students: list[str] | None = None) -> None:
         """Run one command (for every student at once when ``students`` is given)."""
+        started = time.monotonic()
         procs = [self.start(*args, student=s) for s in students] if students else [self.start(*args)]
         for proc in procs:
             output, _ = proc.communicate(timeout=300)
             assert proc.returncode == 0, f"nbgrader {' '.join(proc.args[1:])} failed:\n{output[-3000:]}"
             assert "[ERROR]" not in output, output[-3000:]
+        print(f"[{time.monotonic() - started:6.1f} s] nbgrader {args[0]} x{len(procs)}")
 
     def grade_cmd(self, *extra: str) -> list[str]:
         return [sys.executable, "-m", "autograder", "grade", A, "--course-root", str(self.root),
                 "--out", str(self.out), "--workers", "2", "--timeout", "20", "--quiet", *sandbox_args(), *extra]
 
     def grade(self, *extra: str) -> subprocess.CompletedProcess:
+        started = time.monotonic()
         proc = subprocess.run(self.grade_cmd(*extra), cwd=self.base, env=env(), capture_output=True, text=True,
                               timeout=600)
+        print(f"[{time.monotonic() - started:6.1f} s] grade {' '.join(extra)}")
         assert proc.returncode == 0, f"grade failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
         return proc
 
@@ -275,3 +279,225 @@ def test_out_may_not_be_the_course_root(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "autograder", "grade", A, "--course-root", str(course.root)],
                           cwd=course.root, env=env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "nbgrader collect" in proc.stderr, proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ interrupted runs
+def descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def journal_lines(out: Path) -> list[dict]:
+    path = out / "results.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+BATCH = {"s1": "correct", "s2": "wrong", "s3": "patcher", "s4": "stub", "s5": "correct"}
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    """A folder of submissions and the results of one uninterrupted run on it."""
+    import nbformat
+
+    base = tmp_path_factory.mktemp("batch")
+    subs = base / "submissions"
+    kinds = notebooks()
+    for student, kind in BATCH.items():
+        (subs / student).mkdir(parents=True)
+        nbformat.write(kinds[kind], subs / student / f"{A}.ipynb")
+    reference = Course(base / "reference")
+    reference.grade("--submissions", str(subs))
+    return subs, results_of(reference)
+
+
+def results_of(course: Course) -> dict:
+    with course.gradebook() as gb:
+        scores = {s.student.id: s.score for s in gb.find_assignment(A).submissions}
+    return {"grades": (course.out / "grades.csv").read_text(), "problems": (course.out / "problems.csv").read_text(),
+            "gradebook": scores}
+
+
+def interrupted_then_rerun(tmp_path: Path, subs: Path, reference: dict, kill) -> None:
+    course = Course(tmp_path)
+    proc = subprocess.Popen(course.grade_cmd("--submissions", str(subs)), env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    started, family = time.monotonic(), []
+    try:
+        while len(journal_lines(course.out)) < 1:
+            assert proc.poll() is None, f"the run ended before it could be interrupted:\n{proc.stderr.read()[-3000:]}"
+            assert time.monotonic() - started < 400, "no result recorded in time"
+            time.sleep(0.2)
+        family = descendants(proc.pid)
+        kill(proc)
+        try:
+            proc.wait(timeout=240)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # a run that cannot go on after losing a worker counts as interrupted too
+            proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        kill_all(family + descendants(proc.pid))
+    done = len(journal_lines(course.out))
+    rerun = subprocess.run([a for a in course.grade_cmd("--submissions", str(subs)) if a != "--quiet"], env=env(),
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert results_of(course) == reference
+    students = [r["student_id"] for r in journal_lines(course.out)]
+    assert sorted(students) == sorted(BATCH), students  # every row exactly once
+    if done < len(BATCH):
+        assert f"{len(BATCH) - done} graded by this run, {done} unchanged" in rerun.stdout, rerun.stdout
+    third = subprocess.run([a for a in course.grade_cmd("--submissions", str(subs)) if a != "--quiet"], env=env(),
+                           capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0 and f"0 graded by this run, {len(BATCH)} unchanged" in third.stdout, third.stdout
+    assert results_of(course) == reference
+
+
+def test_sigkill_of_the_grade_command_loses_nothing(tmp_path, batch):
+    subs, reference = batch
+    interrupted_then_rerun(tmp_path, subs, reference, lambda proc: os.kill(proc.pid, signal.SIGKILL))
+
+
+def test_sigkill_of_a_worker_loses_nothing(tmp_path, batch):
+    subs, reference = batch
+
+    def kill_worker(proc):
+        workers = [p for p in descendants(proc.pid) if cmdline(p) == cmdline(proc.pid)]
+        assert workers, "no worker process found"
+        os.kill(workers[0], signal.SIGKILL)
+
+    interrupted_then_rerun(tmp_path, subs, reference, kill_worker)
+
+
+# ------------------------------------------------------------------ PostgreSQL
+@pytest.fixture
+def postgres():
+    """A PostgreSQL server of the test's own (Debian's postgresql 15), on a unix socket."""
+    if not (PG_BIN / "initdb").exists():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (.ci/run installs it)")
+        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
+    folder = Path(tempfile.mkdtemp(prefix="pg-"))
+    prefix = []
+    if os.getuid() == 0:  # postgres refuses to run as root
+        user = "postgres" if subprocess.run(["id", "postgres"], capture_output=True).returncode == 0 else "nobody"
+        shutil.chown(folder, user)
+        os.chmod(folder, 0o700)
+        prefix = ["runuser", "-u", user, "--"]
+    data = folder / "data"
+
+    def run(*cmd):
+        proc = subprocess.run(prefix + list(cmd), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    run(str(PG_BIN / "initdb"), "-D", str(data), "-U", "grader", "--auth=trust", "-E", "UTF8")
+    run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
+        f"-k {folder} -c listen_addresses=''", "start")
+    try:
+        run(str(PG_BIN / "createdb"), "-h", str(folder), "-U", "grader", "gradebook")
+        yield f"postgresql+psycopg2://grader@/gradebook?host={folder}"
+    finally:
+        subprocess.run(prefix + [str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_exchange_cycle_with_a_postgresql_gradebook(tmp_path, postgres):
+    course = Course(tmp_path, db_url=postgres)
+    cycle = run_cycle(course)
+    check_cycle(course, cycle)
+    assert not (course.root / "gradebook.db").exists(), "SQLite was used instead of PostgreSQL"
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(postgres)
+    with engine.connect() as db:
+        flagged = db.execute(sqlalchemy.text(
+            "select count(*) from grade join submitted_notebook n on grade.notebook_id = n.id "
+            "join submitted_assignment s on n.assignment_id = s.id where s.student_id = 'dave' "
+            "and grade.needs_manual_grade")).scalar()
+    engine.dispose()
+    assert flagged >= 1
+
+
+# ------------------------------------------------------------------ make lab
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_make_lab_uses_the_instructors_jupyter_config(tmp_path):
+    """`make lab` as root, on a free port, with the instructor's ~/.jupyter (exchange root and
+    course id): the server answers, formgrader is loaded, and the Assignment List sees the course."""
+    home = tmp_path / "home"
+    exchange = tmp_path / "exchange"
+    released = exchange / "instructors-course" / "outbound" / A
+    released.mkdir(parents=True)
+    shutil.copy(REPO / "release" / A / f"{A}.ipynb", released)  # as release_assignment leaves it
+    (home / ".jupyter").mkdir(parents=True)
+    (home / ".jupyter" / "nbgrader_config.py").write_text(
+        f"c = get_config()\nc.Exchange.root = {str(exchange)!r}\nc.CourseDirectory.course_id = 'instructors-course'\n")
+    port, token = free_port(), "workflow-test-token"
+    lab_env = {k: v for k, v in env().items() if not k.startswith(("JUPYTER_", "IPYTHONDIR", "MPLCONFIGDIR"))}
+    lab_env["HOME"] = str(home)
+    args = f"--no-browser --port {port} --ServerApp.ip=127.0.0.1 --IdentityProvider.token={token}"
+    proc = subprocess.Popen(["make", "-s", "lab", f"LAB_ARGS={args}"], cwd=REPO, env=lab_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        answer = None
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api", timeout=5) as response:
+                    answer = json.loads(response.read())
+                    break
+            except OSError:
+                time.sleep(1)
+        assert answer and "version" in answer, f"no answer from /api; make lab said:\n{_drain(proc)}"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/formgrader?token={token}", timeout=30) as response:
+            assert response.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/courses?token={token}", timeout=60) as response:
+            courses = json.loads(response.read())
+        assert courses.get("success") and "instructors-course" in courses.get("value", []), courses
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    output = proc.stdout.read()
+    assert "nbgrader.server_extensions.formgrader" in output, output[-3000:]
+
+
+def _drain(proc) -> str:
+    if proc.poll() is None:
+        return "(still running)"
+    return proc.stdout.read()[-3000:]
