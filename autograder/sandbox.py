@@ -243,6 +243,9 @@ def bwrap_prefix(workdir: Path, status: "SandboxStatus", limits: Limits,
     for root in roots:
         args += ["--ro-bind", root, root]
     args += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir)]
+    # the sandbox's own root (a tmpfs holding the mount points' parents) read-only: as an
+    # unprivileged user those parents are the user's, and files written there would fill memory
+    args += ["--remount-ro", "/"]
     return args
 
 

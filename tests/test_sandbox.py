@@ -190,7 +190,7 @@ targets = json.loads(TARGETS)
 def can_read(path):
     try:
         if os.path.isdir(path):
-            os.listdir(path)
+            return sorted(os.listdir(path))  # what is visible (mount points' parents are)
         else:
             open(path, "rb").read(1)
         return True
@@ -198,10 +198,8 @@ def can_read(path):
         return False
 def can_write(path):
     try:
-        if os.path.isdir(path):
-            probe = os.path.join(path, ".spy-was-here")
-            open(probe, "wb").close()
-            os.unlink(probe)
+        if os.path.isdir(path):   # left there: the test looks for it on the host afterwards
+            open(os.path.join(path, ".spy-was-here"), "wb").close()
         else:
             open(path, "r+b").close()   # opened for writing; nothing changed
         return True
@@ -323,8 +321,16 @@ def test_a_submission_cannot_reach_anything(who, scratch):
     rows = _read_rows(out)
     assert rows["victim"]["status"] == "graded" and rows["victim"]["score"] == rows["victim"]["max_score"]
     report = _spy_report(out)
-    assert not any(report["read"].values()), report["read"]
-    assert not any(report["write"].values()), report["write"]
+    seen = report["read"]
+    # the course root and the output folder exist only as the parents of what is mounted
+    assert set(seen.pop("course_root") or []) <= {".venv", "utils"}, report["read"]
+    assert set(seen.pop("out_dir") or []) <= {".work"}, report["read"]
+    assert not any(seen.values()), report["read"]
+    files = {k for k, v in report["write"].items() if not k.endswith("_dir") and k != "course_root"}
+    assert not any(report["write"][k] for k in files), report["write"]
+    # a directory may exist inside (a mount point's parent, on the sandbox's own tmpfs): what is
+    # written there must not reach the host
+    assert not [p for p in (REPO, REPO / "source", REPO / "autograder", subs, out) if (p / ".spy-was-here").exists()]
     assert report["interfaces"] == ["lo"] and not any(report["reached"].values()), report
     assert report["shm_seen_before"] is False, "SysV shared memory survived into the next kernel"
     assert not any(report["files_seen_before"].values()), report["files_seen_before"]
