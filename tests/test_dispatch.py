@@ -281,20 +281,20 @@ def test_dask_rows_identical_to_local(batch, cluster):
     assert len(done) == 2 and all(done.values()), done  # both Dask workers took part
 
 
-def _executing(dask_worker):
-    return os.getpid(), [str(ts.key) for ts in dask_worker.state.tasks.values() if ts.state == "executing"]
-
-
 def test_dask_worker_killed_mid_submission(batch, cluster):
     """A Dask worker SIGKILLed while it grades: its submission runs again elsewhere, every row once."""
     out = BUILD / "dask-killed"
     proc = subprocess.Popen(grade_cmd(batch.ctx.submissions, out, "--scheduler", cluster.address), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client, killed, since = cluster.client, None, {}
+
+    def executing(dask_worker):  # runs on the Dask workers: pickled by value, not by module name
+        return os.getpid(), [str(ts.key) for ts in dask_worker.state.tasks.values() if ts.state == "executing"]
+
     try:
         deadline = time.monotonic() + 600
         while killed is None and proc.poll() is None and time.monotonic() < deadline:
-            for pid, keys in client.run(_executing).values():
+            for pid, keys in client.run(executing).values():
                 for key in keys:
                     since.setdefault((pid, key), time.monotonic())
                     if time.monotonic() - since[pid, key] > 3:  # a few seconds in: its kernels run
