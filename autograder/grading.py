@@ -340,7 +340,7 @@ def _grade(opts: Options, root: Path, out: Path, course: gradebook.Target, start
     version = grader_version(root, opts.assignment, opts, target, status)
     for item in items:
         stamp = item.timestamp.isoformat() if item.timestamp else None
-        item.key = journal.submission_key(version, item.sub.data, item.sub.problem, stamp)
+        item.key = journal.submission_key(version, item.sub.student_id, item.sub.data, item.sub.problem, stamp)
     book = journal.Journal(out)
     earlier = book.read()
     recorded = gradebook.recorded_students(target, opts.assignment)

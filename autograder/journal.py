@@ -2,7 +2,7 @@
 fsynced before the grader moves on, so an interrupted run (Ctrl-C, SIGKILL, a killed worker, a
 power cut) loses nothing it had recorded, and the next run grades only what is missing.
 
-Each line holds ``key`` (what the result depends on: the notebook's bytes, its timestamp, the
+Each line holds ``key`` (what the result depends on: the student, the notebook's bytes, its timestamp, the
 grader's and the assignment's version, the grading options; see :func:`submission_key`) and
 the result itself. A line cut short by a crash is ignored when read back (and the next append
 starts on a fresh line). ``grades.csv``, ``problems.csv`` and ``details.jsonl`` are rebuilt
@@ -24,9 +24,11 @@ from .gradebook import atomic_write
 NAME = "results.jsonl"
 
 
-def submission_key(version: str, data: bytes | None, problem: str | None, timestamp: str | None) -> str:
+def submission_key(version: str, student_id: str, data: bytes | None, problem: str | None,
+                   timestamp: str | None) -> str:
+    """Two students handing in the same bytes are two keys (the same student again: one)."""
     digest = hashlib.sha256()
-    for part in (version, "" if timestamp is None else timestamp, problem or ""):
+    for part in (version, student_id, "" if timestamp is None else timestamp, problem or ""):
         digest.update(part.encode("utf-8") + b"\0")
     digest.update(b"-" if data is None else hashlib.sha256(data).digest())
     return digest.hexdigest()

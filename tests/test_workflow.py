@@ -159,6 +159,15 @@ class Course:
         return Gradebook(self.db_url, COURSE_ID)
 
 
+@pytest.fixture
+def base():
+    """A temporary folder the sandbox's per-worker uids can traverse (pytest's tmp_path is 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="workflow-"))
+    os.chmod(folder, 0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
 
@@ -255,8 +264,8 @@ def check_cycle(course: Course, cycle: dict) -> None:
         (course.root / "feedback" / "bob" / A / f"{A}.html").read_text()
 
 
-def test_exchange_cycle_with_the_course_grader(tmp_path):
-    course = Course(tmp_path)
+def test_exchange_cycle_with_the_course_grader(base):
+    course = Course(base)
     cycle = run_cycle(course)
     check_cycle(course, cycle)
     # re-running the grader grades nothing and changes nothing
@@ -326,7 +335,8 @@ def batch(tmp_path_factory):
     """A folder of submissions and the results of one uninterrupted run on it."""
     import nbformat
 
-    base = tmp_path_factory.mktemp("batch")
+    base = Path(tempfile.mkdtemp(prefix="workflow-batch-"))
+    os.chmod(base, 0o755)
     subs = base / "submissions"
     kinds = notebooks()
     for student, kind in BATCH.items():
@@ -334,7 +344,10 @@ def batch(tmp_path_factory):
         nbformat.write(kinds[kind], subs / student / f"{A}.ipynb")
     reference = Course(base / "reference")
     reference.grade("--submissions", str(subs))
-    return subs, results_of(reference)
+    rows = {r["student_id"]: r for r in read_csv(reference.out / "grades.csv")}
+    assert rows["s1"]["status"] == "graded" and float(rows["s1"]["score"]) == float(rows["s1"]["max_score"]), rows
+    yield subs, results_of(reference)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def results_of(course: Course) -> dict:
@@ -380,12 +393,12 @@ def interrupted_then_rerun(tmp_path: Path, subs: Path, reference: dict, kill) ->
     assert results_of(course) == reference
 
 
-def test_sigkill_of_the_grade_command_loses_nothing(tmp_path, batch):
+def test_sigkill_of_the_grade_command_loses_nothing(base, batch):
     subs, reference = batch
-    interrupted_then_rerun(tmp_path, subs, reference, lambda proc: os.kill(proc.pid, signal.SIGKILL))
+    interrupted_then_rerun(base, subs, reference, lambda proc: os.kill(proc.pid, signal.SIGKILL))
 
 
-def test_sigkill_of_a_worker_loses_nothing(tmp_path, batch):
+def test_sigkill_of_a_worker_loses_nothing(base, batch):
     subs, reference = batch
 
     def kill_worker(proc):
@@ -393,7 +406,7 @@ def test_sigkill_of_a_worker_loses_nothing(tmp_path, batch):
         assert workers, "no worker process found"
         os.kill(workers[0], signal.SIGKILL)
 
-    interrupted_then_rerun(tmp_path, subs, reference, kill_worker)
+    interrupted_then_rerun(base, subs, reference, kill_worker)
 
 
 # ------------------------------------------------------------------ PostgreSQL
@@ -429,8 +442,8 @@ def postgres():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_exchange_cycle_with_a_postgresql_gradebook(tmp_path, postgres):
-    course = Course(tmp_path, db_url=postgres)
+def test_exchange_cycle_with_a_postgresql_gradebook(base, postgres):
+    course = Course(base, db_url=postgres)
     cycle = run_cycle(course)
     check_cycle(course, cycle)
     assert not (course.root / "gradebook.db").exists(), "SQLite was used instead of PostgreSQL"
