@@ -31,7 +31,7 @@ RERUN = ["correct", "stub", "attack-patch-comparisons", "attack-os-exit"]
 
 def grade(assignment: str, submissions: Path, out: Path, workers: int, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "autograder", "grade", assignment, "--submissions", str(submissions),
-           "--out", str(out), "--workers", str(workers), "--timeout", str(CELL_TIMEOUT), *extra]
+           "--out", str(out), "--workers", str(workers), "--timeout", str(CELL_TIMEOUT), "--private", "--force", *extra]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
 
 
@@ -224,7 +224,7 @@ def test_submission_timeout_and_no_sandbox_mode(tmp_path):
         (subs / student).mkdir(parents=True)
         nbtools.nbformat.write(nb, subs / student / f"{assignment}.ipynb")
     proc = subprocess.run([sys.executable, "-m", "autograder", "grade", assignment, "--submissions", str(subs),
-                           "--out", str(tmp_path / "out"), "--workers", "1", "--timeout", "20",
+                           "--out", str(tmp_path / "out"), "--workers", "1", "--timeout", "20", "--private",
                            "--submission-timeout", "10"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = read_csv(tmp_path / "out" / "grades.csv")

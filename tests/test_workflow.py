@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 A = "ps1_smoothing"
 BIN = Path(sys.executable).parent
 COURSE_ID = "workflow-course"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+             default=Path("/usr/lib/postgresql/15/bin"))  # Debian's layout
 
 
 def env() -> dict:
