@@ -537,6 +537,10 @@ def private_workspace(slot_root: Path, limits: Limits) -> str:
         return _WORKSPACES[key]
     CLONE_NEWNS, MS_REC, MS_PRIVATE, MS_NOSUID, MS_NODEV = 0x20000, 0x4000, 1 << 18, 2, 4
     if not any(v.startswith("tmpfs") for v in _WORKSPACES.values()):  # once per process
+        if len(os.listdir("/proc/self/task")) > 1:
+            # a new mount namespace would hold only this thread (Dask runs tasks in threads)
+            _WORKSPACES[key] = "host disk (a multi-threaded worker: no private mount namespace)"
+            return _WORKSPACES[key]
         if _libc.unshare(CLONE_NEWNS) != 0 or _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
             _WORKSPACES[key] = f"host disk (no private mount namespace: {os.strerror(ctypes.get_errno())})"
             return _WORKSPACES[key]

@@ -357,3 +357,35 @@ def test_sandbox_command_isolates_the_kernel(tmp_path):
 def test_limits_reject_nonsense():
     with pytest.raises(ValueError, match="memory_bytes"):
         sandbox.Limits(memory_bytes=0)
+
+
+def test_sandbox_arguments_for_root_and_for_a_user(tmp_path):
+    """Root: no user namespace, the kernel switches to its worker's own uid with RLIMIT_NPROC.
+    A user: a real user namespace (``--disable-userns`` needs ``--unshare-user``: bwrap 0.8 and
+    0.11 refuse it after ``--unshare-all`` alone), no capability, no RLIMIT_NPROC (it would count
+    every process of the user). Both: the sandbox's root read-only."""
+    user = sandbox.command(["python", "-V"], tmp_path, sandbox.Limits(),
+                           _status=sandbox.SandboxStatus(True, "", "/x/bwrap", False))
+    assert {"--unshare-all", "--unshare-user", "--disable-userns"} <= set(user)
+    assert "--cap-add" not in user and not any(a.startswith("--nproc=") for a in user)
+    assert user[user.index("--remount-ro") + 1] == "/"
+    root = sandbox.command(["python", "-V"], tmp_path, sandbox.Limits(),
+                           _status=sandbox.SandboxStatus(True, "", "/x/bwrap", True))
+    assert "--unshare-user" not in root and "--unshare-ipc" in root and "--unshare-net" in root
+    uid = sandbox.kernel_uid()
+    assert uid >= sandbox.UID_BASE and f"--reuid={uid}" in root and "--no-new-privs" in root
+    assert any(a.startswith("--nproc=") for a in root)
+    assert root[root.index("--remount-ro") + 1] == "/"
+
+
+def test_no_sandbox_command_is_confined_by_landlock(tmp_path):
+    """--no-sandbox: the kernel's command goes through the Landlock launcher when the kernel has
+    Landlock (the behaviour itself: tests/test_sandbox.py::test_no_sandbox_a_vandal_changes_no_other_row)."""
+    cmd = sandbox.command(["python", "-V"], tmp_path, sandbox.Limits(), use_sandbox=False)
+    if sandbox.landlock_abi():
+        rules = dict((p, k) for p, k in __import__("json").loads(cmd[4]))
+        assert rules[str(tmp_path)] == "write" and set(rules.values()) == {"read", "write", "dev"}
+        assert str(Path(sandbox.REPO)) not in rules and str(Path(sandbox.REPO) / "source") not in rules
+    else:
+        assert "bwrap" not in " ".join(cmd)
+    assert cmd[-2:] == ["python", "-V"] and any(a.startswith("--as=") for a in cmd)
