@@ -204,3 +204,71 @@ def test_04_gradients(cap, run_dir):
     assert pg["monotone"] and pg["passes_g_star_0.05"]
     assert abs(pg["growth"] - math.log(10)) < 0.15, "a tenfold longer run adds about log 10 to the gap"
     assert abs(pg["last"] - pg["log_K_lr_t"]) < 0.05, "the plain gap follows log(K lr t)"
+
+
+# --------------------------------------------------------------------------------------------- 05
+def _per_seed(regime, eps, metric):
+    return regime["per_eps"][eps][metric]
+
+
+def _mean(values):
+    return sum(values) / len(values)
+
+
+@pytest.mark.slow
+@parametrize_cap
+def test_05_ece_tools(cap, run_dir):
+    c = claims("05_calibration", cap, run_dir)
+    assert abs(c["toy_ece"]["by_hand"] - c["toy_ece"]["utils"]) < 1e-12
+    assert c["torchmetrics_max_diff"] < 1e-6, "our ECE matches torchmetrics (float32 rounding)"
+    assert c["calibrated_bins"]["top_bin_share"] > 0.5, "the bin near confidence 1 holds most of the test set"
+
+
+@pytest.mark.slow
+@parametrize_cap
+def test_05_calibrated_regime(cap, run_dir):
+    """Section 2's conclusions, with the paired sign test over the 5 seeds the lecture shows."""
+    r = claims("05_calibration", cap, run_dir)["calibrated"]
+    assert all(e < 0.05 for e in _per_seed(r, "0.0", "ece")), "the plain model is close to calibrated in every seed"
+    under = []
+    for eps, p in r["paired"].items():
+        assert p["ece"]["direction"] == 1, f"eps={eps}: smoothing raised the ECE in every seed: {p['ece']}"
+        assert all(cf < acc for cf, acc in zip(_per_seed(r, eps, "confidence"), _per_seed(r, eps, "accuracy"))), f"eps={eps}: under-confident"
+        assert all(t < 1 for t in _per_seed(r, eps, "T")), f"eps={eps}: temperature scaling sharpens a smoothed model"
+        assert p["nll_T"]["direction"] == -1, f"eps={eps}: after T, lower test NLL than plain in every seed: {p['nll_T']}"
+        assert _mean(_per_seed(r, eps, "ece_T")) < _mean(_per_seed(r, "0.0", "ece")) + 0.01, "after T, about the plain model's ECE"
+        assert p["accuracy"]["mean"] > 0, "smoothing did not cost accuracy on average"
+        under.append(_mean(_per_seed(r, eps, "accuracy")) - _mean(_per_seed(r, eps, "confidence")))
+    assert under == sorted(under), "the larger eps, the more under-confident"
+
+
+@pytest.mark.slow
+@parametrize_cap
+def test_05_overconfident_regime(cap, run_dir):
+    r = claims("05_calibration", cap, run_dir)["overconfident"]
+    plain = {m: _per_seed(r, "0.0", m) for m in ("confidence", "accuracy", "T", "nll", "nll_T")}
+    assert all(cf > acc for cf, acc in zip(plain["confidence"], plain["accuracy"])), "plain: over-confident in every seed"
+    assert all(t > 1 for t in plain["T"]), "plain: fitted T > 1 in every seed"
+    assert all(a < b for a, b in zip(plain["nll_T"], plain["nll"])), "temperature scaling lowers the plain model's test NLL"
+    for eps, p in r["paired"].items():
+        assert all(t < 1 for t in _per_seed(r, eps, "T")), f"eps={eps}: smoothed model under-confident (T < 1)"
+        assert p["ece"]["direction"] == 1, f"eps={eps}: higher ECE than plain in every seed: {p['ece']}"
+        assert p["nll_T"]["direction"] == -1, f"eps={eps}: lowest NLL after T in every seed: {p['nll_T']}"
+        assert p["accuracy"]["mean"] > 0, f"eps={eps}: accuracy higher on average"
+
+
+@pytest.mark.slow
+@parametrize_cap
+def test_05_noisy_labels_regime_and_eps_choice(cap, run_dir):
+    c = claims("05_calibration", cap, run_dir)
+    r = c["noisy"]
+    assert all(cf < acc for cf, acc in zip(_per_seed(r, "0.0", "confidence"), _per_seed(r, "0.0", "accuracy"))), \
+        "the plain model that memorised noise is under-confident on clean test images"
+    for eps, p in r["paired"].items():
+        assert p["ece"]["direction"] == 1, f"eps={eps}: ECE rises in every seed"
+        assert p["nll_T"]["direction"] == -1, f"eps={eps}: after T, lower NLL than plain in every seed"
+        if float(eps) >= 0.2:
+            assert p["accuracy"]["direction"] == 1 and p["accuracy"]["mean"] > 0.02, f"eps={eps}: several points more accurate in every seed: {p['accuracy']}"
+    assert _mean(_per_seed(r, "0.5", "confidence")) < 0.4 < 0.8 < _mean(_per_seed(r, "0.5", "accuracy"))
+    gains = c["noisy_choice"]["gain"]
+    assert len(gains) == 5 and min(gains) > 0.02, f"the eps chosen on validation beats eps=0 by several points in every seed: {gains}"

@@ -278,13 +278,16 @@ def test_train_eps_grid_rejects_bad_data_and_seed(digits):
 
 
 # --------------------------------------------------------------------------- plots and tables
-def test_plot_reliability_draws_one_bar_pair_per_nonempty_bin():
+def test_plot_reliability_draws_one_bar_and_its_count_per_nonempty_bin():
     import matplotlib.pyplot as plt
 
     probs, labels = random_probs(200, 4, 2.0, 5)
-    full = int((reliability_bins(probs, labels, 10).count > 0).sum())
+    bins = reliability_bins(probs, labels, 10)
+    full = int((bins.count > 0).sum())
     ax = plot_reliability(probs, labels, n_bins=10, title="t")
-    assert len(ax.patches) == 2 * full
+    assert len(ax.patches) == full, "one accuracy bar per non-empty bin; the gap is a line beside it, not a second bar"
+    counts = sorted(int(t.get_text()) for t in ax.texts if t.get_text().isdigit())
+    assert counts == sorted(bins.count[bins.count > 0].tolist()), "every bar is labelled with its bin count"
     assert ax.get_title() == "t"
     assert any(f"{expected_calibration_error(probs, labels, 10):.3f}" in t.get_text() for t in ax.texts)
     ax = plot_confidence_histogram(probs, labels, n_bins=10)

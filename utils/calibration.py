@@ -295,11 +295,15 @@ def train_eps_grid(
 
 
 # --------------------------------------------------------------------------- plots and tables
-def plot_reliability(probs, labels, n_bins: int = DEFAULT_BINS, ax=None, title: str | None = None, color: str | None = None):
+def plot_reliability(probs, labels, n_bins: int = DEFAULT_BINS, ax=None, title: str | None = None, color: str | None = None,
+                     show_counts: bool = True):
     """Reliability diagram: accuracy per confidence bin (bars) against the diagonal of perfect calibration.
 
-    The hatched part of each bar is the gap to the bin's mean confidence; bars below the
-    diagonal are over-confident, bars above it under-confident. The ECE is written in the corner.
+    Each non-empty bin's bar is its accuracy; a black tick marks the bin's mean confidence, and a
+    thin line joins the two, so the gap is drawn beside the bar's top instead of over the bar. The
+    number above each bar is how many predictions the bin holds (``show_counts``): a one-sample bin
+    is noise, a 300-sample bin is evidence. Bars below the diagonal are over-confident, above it
+    under-confident. The ECE (the count-weighted mean gap) is written in the corner.
     """
     import matplotlib.pyplot as plt
 
@@ -309,22 +313,25 @@ def plot_reliability(probs, labels, n_bins: int = DEFAULT_BINS, ax=None, title: 
     bins = reliability_bins(probs, labels, n_bins)
     if ax is None:
         _, ax = plt.subplots(figsize=(3.6, 3.6))
-    left = bins.edges[:-1].numpy()
     width = 1.0 / bins.n_bins
+    centre = (bins.edges[:-1] + width / 2).numpy()
     full = (bins.count > 0).numpy()
     acc = torch.nan_to_num(bins.accuracy).numpy()
     conf = torch.nan_to_num(bins.confidence).numpy()
-    ax.bar(left[full], acc[full], width=width, align="edge", color=color or PALETTE[0], edgecolor="white", label="accuracy")
-    ax.bar(left[full], (conf - acc)[full], bottom=acc[full], width=width, align="edge", color="none",
-           edgecolor="0.25", hatch="//", linewidth=0.5, label="gap to confidence")
+    ax.bar(centre[full], acc[full], width=width * 0.85, color=color or PALETTE[0], alpha=0.75, edgecolor="none", label="accuracy")
+    ax.vlines(centre[full], acc[full], conf[full], color="0.15", linewidth=1.2)
+    ax.scatter(centre[full], conf[full], marker="_", s=60, color="0.0", linewidths=2, zorder=3, label="mean confidence")
     ax.plot([0, 1], [0, 1], color="0.4", linestyle="--", linewidth=1)
+    if show_counts:
+        for x, a, c, n in zip(centre[full], acc[full], conf[full], bins.count[bins.count > 0].tolist()):
+            ax.text(x, max(a, c) + 0.015, str(n), ha="center", va="bottom", fontsize=6.5, rotation=90)
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.12)
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
-    ax.text(0.04, 0.93, f"ECE {bins.ece():.3f}", transform=ax.transAxes, fontsize=9, va="top")
+    ax.text(0.04, 0.97, f"ECE {bins.ece():.3f}  (N = {int(bins.count.sum())})", transform=ax.transAxes, fontsize=8, va="top")
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
     return ax
 
 

@@ -96,3 +96,29 @@ def train_student(
         raise ValueError("teacher and student must predict the same number of classes")
     return fit(student, train, lambda logits, targets, idx: distillation_loss(logits, teacher_logits[idx], targets, temperature, alpha),
                val, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress, desc=desc)
+
+
+def ensemble_distillation_loss(teacher_logits: torch.Tensor, temperatures, alphas):
+    """Per-member distillation loss for :func:`utils.ensemble.train_ensemble`.
+
+    ``teacher_logits``: ``[M, n, K]``, member ``m``'s teacher on member ``m``'s training set;
+    ``temperatures`` and ``alphas``: one value per member (``alpha = 0``: plain cross-entropy, a
+    student trained alone). The same formula as :func:`distillation_loss`, one value per member.
+    """
+    t = torch.as_tensor([_check_temperature(float(v)) for v in temperatures], dtype=torch.float32)
+    a = torch.as_tensor([_check_alpha(float(v)) for v in alphas], dtype=torch.float32)
+    if teacher_logits.ndim != 3 or len(t) != teacher_logits.shape[0] or len(a) != len(t):
+        raise ValueError("teacher_logits must be [M, n, K] with one temperature and one alpha per member")
+    teacher_logits = teacher_logits.detach()
+
+    def loss(logits, targets, idx):
+        tt = t.to(logits.device)[:, None, None]
+        teacher = torch.gather(teacher_logits, 1, idx.unsqueeze(-1).expand(-1, -1, teacher_logits.shape[2]))
+        log_p_s = F.log_softmax(logits / tt, dim=-1)
+        log_p_t = F.log_softmax(teacher / tt, dim=-1)
+        soft = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1).mean(dim=1) * t.to(logits.device) ** 2
+        hard = -F.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1).mean(dim=1)
+        aa = a.to(logits.device)
+        return aa * soft + (1 - aa) * hard
+
+    return loss
