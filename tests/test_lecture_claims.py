@@ -272,3 +272,88 @@ def test_05_noisy_labels_regime_and_eps_choice(cap, run_dir):
     assert _mean(_per_seed(r, "0.5", "confidence")) < 0.4 < 0.8 < _mean(_per_seed(r, "0.5", "accuracy"))
     gains = c["noisy_choice"]["gain"]
     assert len(gains) == 5 and min(gains) > 0.02, f"the eps chosen on validation beats eps=0 by several points in every seed: {gains}"
+
+
+# --------------------------------------------------------------------------------------------- 06
+@pytest.mark.slow
+@parametrize_cap
+def test_06_metrics(cap, run_dir):
+    c = claims("06_metrics_and_evaluation", cap, run_dir)
+    pm = c["page_matrix"]
+    assert pm["total"] == 150 and abs(pm["accuracy"] - 0.88) < 1e-12
+    assert pm["precision"] == pytest.approx([45 / 50, 43 / 51, 44 / 49], abs=1e-12) and pm["recall"] == pytest.approx([0.90, 0.86, 0.88], abs=1e-12)
+    assert c["vs_sklearn"]["matrix_equal"] and c["vs_sklearn"]["maxdiff"] < 1e-12
+    assert c["never_predicted"] == {"precision": 0.0, "f1": 0.0}
+    assert abs(c["floor_10"] - 0.5003) < 1e-4 and c["torch_at_floor_minus_floor"] < 1e-6
+    q = c["quiz"]
+    assert round(q["plain"], 4) == 0.3406 and round(q["smoothed"], 4) == 0.5539 and round(q["floor"], 4) == 0.4851
+    assert round(q["smoothed"] - q["floor"], 4) == 0.0689 and q["smoothed"] - q["floor"] < q["plain"]
+    lr = c["loss_runs"]
+    assert lr["smooth_train_min"] >= c["floor_10"], "the smoothed training loss never goes below its floor"
+    assert lr["smooth_train_last"] > 5 * lr["plain_train_last"], "many times higher training loss ..."
+    assert abs(lr["val_acc"][0] - lr["val_acc"][1]) <= 0.02, "... about equally accurate ..."
+    assert lr["val_loss"][1] > lr["val_loss"][0], "... the smoothed model has the higher validation NLL"
+    f = c["fraud"]
+    assert f["the page's model"][:2] == pytest.approx([0.98, 0.12]) and f["never flags"][0] == pytest.approx(0.98)
+    assert f["catches 85 %"][:2] == pytest.approx([0.977, 0.85]) and f["catches 85 %"][0] < f["never flags"][0]
+
+
+@pytest.mark.slow
+@parametrize_cap
+def test_06_imbalance_curves_and_precision_recall(cap, run_dir):
+    c = claims("06_metrics_and_evaluation", cap, run_dir)
+    imb = c["imbalance"]
+    counts = imb["counts"]
+    assert [counts[k] for k in (3, 8, 9)] == [5, 5, 5]
+    for name in imb["minority"]:
+        assert imb["majority"][name] - imb["minority"][name] > 0.25, f"{name}: the rare digits' recall lags far behind"
+    assert abs(imb["minority"]["smoothing 0.1"] - imb["minority"]["plain"]) < 0.1, "smoothing barely moves the rare classes' recall"
+    assert imb["minority"]["class weights"] > max(imb["minority"]["plain"], imb["minority"]["smoothing 0.1"]) + 0.03
+    curves = c["curves"]
+    h = curves["healthy"]
+    assert h["val_loss"][-1] < 1.15 * min(h["val_loss"]) and h["val_acc"][-1] > 0.95
+    o = curves["overfitting (30 % noisy labels)"]
+    best = min(range(len(o["val_loss"])), key=o["val_loss"].__getitem__)
+    assert best < len(o["val_loss"]) - 10 and o["train_loss"][-1] < 0.9 * o["train_loss"][best]
+    assert o["val_loss"][-1] > 1.3 * min(o["val_loss"]) and o["val_acc"][-1] < max(o["val_acc"]) - 0.1 and o["train_acc"][-1] > 0.7
+    hl = curves["learning rate 0.3"]
+    assert max(hl["val_acc"]) < 0.6 and hl["train_loss"][-1] > 1.0 and hl["train_loss"][0] > 2 * math.log(10)
+    pr = c["pr_paired"]
+    for m in ("precision", "recall"):
+        assert pr[m]["direction"] != -1, f"macro {m} did not go down consistently: {pr[m]}"
+        assert abs(pr[m]["mean"]) < 5 / 360, f"macro {m}: a few test images' worth at most"
+
+
+# --------------------------------------------------------------------------------------------- 07
+@pytest.mark.slow
+@parametrize_cap
+def test_07_representation_and_distillation(cap, run_dir):
+    c = claims("07_limits", cap, run_dir)
+    assert max(c["spread_ratio_shrink"]) < 0.9, "smoothing tightens the clusters in every seed and triplet"
+    ts = c["top_share"]
+    assert ts["0.0"] > 2 * ts["0.1"] and ts["0.1"] < 2 / 9
+    assert c["logit_range"]["0.1"] < 0.5 * c["logit_range"]["0.0"]
+    kd = c["kd"]
+    t4, t05, best = kd["T=4 for both"], kd["T=0.5 for both"], kd["each teacher's best T (validation)"]
+    assert t4["mean"] > 0 and t4["n_pos"] > t4["n_neg"], f"at T=4 the plain teacher's student is ahead: {t4}"
+    assert t05["mean"] < t4["mean"], "at small T the order can flip"
+    assert best["direction"] == 0, f"at each teacher's best T the gap is not consistent over the seeds: {best}"
+    assert abs(best["mean"]) < c["kd_alone_range"], "... and smaller than the spread of a student trained alone"
+
+
+@pytest.mark.slow
+@parametrize_cap
+def test_07_kl_identity_and_alternatives(cap, run_dir):
+    c = claims("07_limits", cap, run_dir)
+    assert c["kl_identities"]["smoothing"] < 1e-12 and c["kl_identities"]["confidence_penalty"] < 1e-12
+    a = c["alternatives"]
+    plain, ls = a["plain"], a["smoothing 0.1"]
+    assert abs(_mean(plain["confidence"]) - _mean(plain["accuracy"])) < 0.03, "the plain model is barely over-confident"
+    assert all(s > p for s, p in zip(ls["ece"], plain["ece"])) and all(s > p for s, p in zip(ls["nll"], plain["nll"])), \
+        "smoothing: higher ECE and NLL than plain in every seed"
+    assert _mean(ls["accuracy"]) >= _mean(plain["accuracy"]), "... while its accuracy is not lower on average"
+    focal, cp = a["focal loss γ=2"], a["confidence penalty β=0.1"]
+    assert _mean(plain["ece"]) < _mean(focal["ece"]) < _mean(ls["ece"]) and _mean(focal["confidence"]) < _mean(focal["accuracy"])
+    assert abs(_mean(cp["ece"]) - _mean(plain["ece"])) < 0.02, "the mild confidence penalty changes little"
+    assert all(t < 1 for t in c["alt_temperatures"]["smoothing 0.1"]), "the smoothed model's fitted T is below 1 in every seed"
+    assert _mean(a["smoothing 0.1 + temperature scaling"]["ece"]) < _mean(ls["ece"])
