@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed
 # Notebook parameters, passed to papermill as -p values.
 DEVICE ?= auto
 SEED   ?= 0
-FAST   ?= 0
+# CPU_CAPABILITY=default runs the lectures with ATen's scalar kernels (as the tests also do)
+CPU_CAPABILITY ?=
 # Grading: SUBMISSIONS empty = the course's submitted/ (where `nbgrader collect` puts them)
 ASSIGNMENT ?= ps1_smoothing
 SUBMISSIONS ?=
@@ -48,7 +49,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 ## course: set up, execute every lecture notebook into build/notebooks/, generate the student
 ## release and grade the bundled example submissions.
-course: setup notebooks release examples
+course: setup
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory notebooks release examples && \
+	echo "make course: lectures, release and examples in $$(( $$(date +%s) - start )) s"
 
 ## release: regenerate release/ from source/ with nbgrader generate_assignment, and record the
 ## assignments in the course's gradebook (so release/ and the gradebook agree).
@@ -70,7 +74,7 @@ bench: setup
 	$(PY) -m bench
 
 notebooks: setup
-	$(PY) -m utils.runner --device $(DEVICE) --seed $(SEED) --fast $(FAST) --out build/notebooks notebooks/*.ipynb
+	$(PY) -m utils.runner --device $(DEVICE) --seed $(SEED) $(if $(CPU_CAPABILITY),--cpu-capability $(CPU_CAPABILITY)) --out build/notebooks notebooks/*.ipynb
 
 ## test: set up, then the whole test suite (what CI runs).
 test: setup
