@@ -188,11 +188,11 @@ def fit_temperature(logits, labels):
     lo, hi = math.log(0.1), math.log(10.0)
     ratio = (math.sqrt(5) - 1) / 2
     for _ in range(80):
-        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-        if F.cross_entropy(z / math.exp(a), labels) <= F.cross_entropy(z / math.exp(b), labels):
-            hi = b
+        left, right = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if F.cross_entropy(z / math.exp(left), labels) <= F.cross_entropy(z / math.exp(right), labels):
+            hi = right
         else:
-            lo = a
+            lo = left
     return math.exp((lo + hi) / 2)
 '''},
         "loses": ["test_fit_temperature"],
@@ -363,11 +363,11 @@ def fit_temperature(logits, labels):
         lo, mid, hi = mid, hi, hi + 2 * (hi - mid)
     ratio = (math.sqrt(5) - 1) / 2
     for _ in range(60):
-        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-        if nll(a) <= nll(b):
-            hi = b
+        left, right = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if nll(left) <= nll(right):
+            hi = right
         else:
-            lo = a
+            lo = left
     return math.exp((lo + hi) / 2)
 '''},
         "loses": [],
