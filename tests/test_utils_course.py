@@ -25,7 +25,7 @@ def test_record_writes_json_where_the_env_var_points(tmp_path, monkeypatch):
     target = tmp_path / "sub" / "x.claims.json"
     monkeypatch.setenv(claims.ENV_VAR, str(target))
     monkeypatch.setattr(claims, "CLAIMS", {})
-    assert claims.record("a", torch.tensor([1.5, 2.0]), seeds=[0, 1]) is not None
+    assert claims.record("a", torch.tensor([1.5, 2.0]), seeds=[0, 1]) is None, "a cell ending in record() displays nothing"
     claims.record("b", {0.1: float("nan"), "t": torch.tensor(3)})
     data = json.loads(target.read_text())
     assert data["a"] == {"value": [1.5, 2.0], "meta": {"seeds": [0, 1]}}

@@ -40,8 +40,10 @@ def _plain(value: Any) -> Any:
     raise ValueError(f"claims must be numbers, bools, strings or lists/dicts of them; got {type(value).__name__}")
 
 
-def record(name: str, value: Any, **meta: Any) -> Any:
-    """Record ``value`` under ``name`` (with ``meta``) and return ``value`` unchanged.
+def record(name: str, value: Any, **meta: Any) -> None:
+    """Record ``value`` under ``name`` (with ``meta``).
+
+    Returns ``None``, so a cell that ends with ``record(...)`` shows the student nothing extra.
 
     Raises ``ValueError`` for an empty name or a value that cannot be written as JSON.
     """
@@ -55,7 +57,6 @@ def record(name: str, value: Any, **meta: Any) -> Any:
         tmp = target.with_suffix(target.suffix + ".tmp")
         tmp.write_text(json.dumps(CLAIMS, indent=1, sort_keys=True))
         tmp.replace(target)
-    return value
 
 
 def load(path: str | Path) -> dict[str, Any]:
