@@ -228,6 +228,10 @@ def run(out_dir, quick: bool = False, assignment: str = "ps1_smoothing", n: int 
         "statuses": statuses,
         "target": {"speedup_workers_2": target, "met": rows[2]["speedup_vs_stock"] >= target},
         "dask": {"same_rows_as_local": (dask_scores, dask_statuses) == (our_scores, statuses),
+                 "rows_differing": {s: {"local": [our_scores.get(s), statuses.get(s)],
+                                        "dask": [dask_scores.get(s), dask_statuses.get(s)]}
+                                    for s in sorted(set(our_scores) | set(dask_scores))
+                                    if (our_scores.get(s), statuses.get(s)) != (dask_scores.get(s), dask_statuses.get(s))},
                  "slower_than_local_workers_2": round(slower, 3), "target_max_slower": 0.10,
                  "met": slower <= 0.10},
     }
