@@ -307,8 +307,8 @@ def test_06_imbalance_curves_and_precision_recall(cap, run_dir):
     assert [counts[k] for k in (3, 8, 9)] == [5, 5, 5]
     for name in imb["minority"]:
         assert imb["majority"][name] - imb["minority"][name] > 0.25, f"{name}: the rare digits' recall lags far behind"
-    assert abs(imb["minority"]["smoothing 0.1"] - imb["minority"]["plain"]) < 0.1, "smoothing barely moves the rare classes' recall"
-    assert imb["minority"]["class weights"] > max(imb["minority"]["plain"], imb["minority"]["smoothing 0.1"]) + 0.03
+    assert imb["paired"]["class weights"]["direction"] == 1, f"class weights raise the rare classes' recall in every seed: {imb['paired']['class weights']}"
+    assert imb["paired"]["smoothing 0.1"]["direction"] == 0, "smoothing's change of the rare classes' recall is not one the sign test calls"
     curves = c["curves"]
     h = curves["healthy"]
     assert h["val_loss"][-1] < 1.15 * min(h["val_loss"]) and h["val_acc"][-1] > 0.95
