@@ -30,17 +30,18 @@ that submission. Two backends, the same per-submission pipeline (:func:`autograd
     submission timeout plus a margin), then the worker is killed and the task retried or failed.
     Test: ``::test_local_pool_deadline_kills_a_stuck_worker``.
 
-* :class:`DaskPool` (``--scheduler ADDRESS``): one Dask task per submission on an existing
-  ``distributed`` cluster. The main process still prepares, and alone writes the gradebook, CSVs
-  and feedback. Workers need not share a filesystem with it: what a worker reads (the source
-  notebook, nbgrader_config.py, the release files, the plan, the gradebook template) travels in
-  a :class:`_Bundle` worker plugin (the scheduler hands it to workers that join or restart later)
-  and is written to a worker-local temporary folder, once per worker process and bundle. A Dask
-  worker where the sandbox does not work refuses the task (:class:`NoSandbox`; the row says so)
-  unless the main process was run with ``--no-sandbox``. A Dask worker that dies mid-submission
-  is handled by the scheduler: the task runs again elsewhere, at most ``allowed-failures + 1``
-  times (scheduler setting, default 3), then ``KilledWorker`` gives a failed row.
-  Tests: ``::test_dask_rows_identical_to_local`` and ``::test_dask_worker_killed_mid_submission``.
+* ``DaskPool`` (:mod:`autograder.dispatch_dask`, ``--scheduler ADDRESS``): one Dask task per
+  submission on an existing ``distributed`` cluster. The main process still prepares, and alone
+  writes the gradebook, CSVs and feedback. Workers need not share a filesystem with it: what a
+  worker reads (the source notebook, nbgrader_config.py, the release files, the plan, the
+  gradebook template) travels in a worker plugin (the scheduler hands it to workers that join or
+  restart later) and is written to a worker-local temporary folder, once per worker thread and
+  run. A Dask worker where the sandbox does not work refuses the task (:class:`NoSandbox`; the
+  row says so) unless the main process was run with ``--no-sandbox``. A Dask worker that dies
+  mid-submission is handled by the scheduler: the task runs again elsewhere, at most
+  ``allowed-failures + 1`` times (scheduler setting, default 3), then ``KilledWorker`` gives a
+  failed row. Tests: ``::test_dask_rows_identical_to_local``,
+  ``::test_dask_worker_killed_mid_submission``, ``::test_dask_worker_without_sandbox_refuses``.
 """
 from __future__ import annotations
 
@@ -188,8 +189,9 @@ class LocalPool:
                     why = f"was stopped after {self.deadline_s:g} s"
                 if why is None:
                     continue
-                if why == "died":
-                    proc.process.join(1)  # its exit status, for the log
+                if why != "died":
+                    proc.process.kill()
+                proc.process.join(5)  # its exit status, for the log
                 code = proc.process.exitcode
                 how = (f"signal {signal.Signals(-code).name}" if code is not None and code < 0
                        else f"exit status {code}")
