@@ -728,12 +728,9 @@ class SandboxedKernelManager(AsyncKernelManager):
         status = probe() if self.use_sandbox else None
         sandboxed = bool(status and status.available)
         if self.zygote is not None and self.provisioner is None:
-            from .zygote import ZygoteProvisioner
-
+            # the zygote brings its own provisioner (this module does not import autograder.zygote)
             self.kernel_id = self.kernel_id or kw.pop("kernel_id", None) or str(__import__("uuid").uuid4())
-            provisioner = ZygoteProvisioner(kernel_id=self.kernel_id, kernel_spec=self.kernel_spec, parent=self)
-            provisioner.zygote, provisioner.workdir, provisioner.limits = self.zygote, self.workdir, self.limits
-            self.provisioner = provisioner
+            self.provisioner = self.zygote.provisioner(self)
         kw["env"] = env_for(self.workdir)
         kw["cwd"] = str(self.workdir)
         if not sandboxed:  # no private /tmp: temporary files inside the work dir

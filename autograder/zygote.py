@@ -345,6 +345,12 @@ class Zygote:
             raise ZygoteError(answer["error"])
         return answer
 
+    def provisioner(self, km) -> "ZygoteProvisioner":
+        """The provisioner that makes ``km`` (a SandboxedKernelManager) fork its kernel from here."""
+        provisioner = ZygoteProvisioner(kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km)
+        provisioner.zygote, provisioner.workdir, provisioner.limits = self, km.workdir, km.limits
+        return provisioner
+
     def spawn(self, workdir: Path, connection_file: str, limits: sandbox.Limits) -> int:
         drop = sandbox.kernel_uid() if self.status.drop_to_nobody else None
         rlimits = sandbox.rlimits(limits, with_nproc=drop is not None)
