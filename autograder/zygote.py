@@ -33,6 +33,7 @@ When the zygote cannot start or dies, the worker falls back to one sandboxed pro
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -240,6 +241,10 @@ ZYGOTE_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_
 ZYGOTE_CAPS_USERNS = ("CAP_SYS_ADMIN", "CAP_SETPCAP")
 
 
+#: cgroup names unique within a process (a Dask worker runs several zygotes, one per thread)
+_CGROUP_SEQ = itertools.count()
+
+
 class ZygoteError(RuntimeError):
     pass
 
@@ -280,7 +285,7 @@ class Zygote:
             argv += ["--setenv", key, value]
         argv += ["--", sys.executable, "-c", ZYGOTE, str(theirs.fileno()), str(self.root), *self.preload]
         # the zygote and its kernel in one cgroup per worker (root): memory and pids in aggregate
-        self.cgroup = sandbox.SlotCgroup(f"{os.getpid()}-{self.starts}", self.limits)
+        self.cgroup = sandbox.SlotCgroup(f"{os.getpid()}-{next(_CGROUP_SEQ)}", self.limits)
         if self.cgroup.dirs and self._finalizer is None:  # pool workers exit without __del__
             import multiprocessing.util
 
