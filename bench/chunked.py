@@ -1,35 +1,57 @@
-"""Chunked linear + label-smoothed cross-entropy against the naive ``h @ W.T`` + built-in loss.
+"""Linear + label-smoothed cross-entropy: naive, torch's chunked ``F.linear_cross_entropy``, and the course's.
+
+Three ways to compute ``loss = CE(h @ W.T, y, label_smoothing=eps)`` with its gradients for ``h``
+and ``W``, in one process, on the same inputs:
 
 - ``naive``: ``F.cross_entropy(h @ W.T, y, label_smoothing=eps)``, which holds the full
   ``[N, V]`` logits, the log-probabilities autograd saves and the logits' gradient;
-- ``chunked``: :func:`utils.chunked_loss.chunked_linear_cross_entropy`, one ``[chunk, V]`` block
-  at a time, gradients computed in the forward pass.
+- ``torch``: ``F.linear_cross_entropy(h, W, y, label_smoothing=eps,
+  options=torch.nn.LinearCrossEntropyOptions())``, torch 2.13's chunked path. It needs
+  ``label_smoothing == 0``: otherwise it warns "``options`` ignored" and computes the full logits,
+  so its eps > 0 rows measure that fallback (``torch_fell_back`` in the JSON);
+- ``course``: :func:`utils.chunked_loss.linear_cross_entropy`, tiles sized from the problem.
 
-Both run forward + backward (``torch.autograd.grad`` of the mean loss wrt ``h`` and ``W``). Two
-parts: the headline size (N = 4096 tokens, H = 1024, V = 131,072, float32), measured once
-or twice because the naive version needs several GiB; and a sweep over V (8k to 128k) at
-N = 2048, H = 256 for the plot. Time is the median over interleaved rounds, memory the peak extra memory
-of one call (see :mod:`bench.common`). ``python -m bench.chunked [--quick] [--no-full]``.
+Every call is forward + backward (``torch.autograd.grad`` of the mean loss wrt ``h`` and ``W``),
+with every 17th target ignored. Sizes: a sweep over the vocabulary at N = 2048, H = 256 and the
+headline N = 4096, H = 1024, V = 131,072, in float32 and (where the device runs it) bfloat16, at
+eps = 0 and eps = 0.1. Each row records the *floor*: the float32 gradients of ``h`` and ``W`` the
+call must return (:func:`utils.chunked_loss.memory_floor_bytes`); memory targets are multiples of it.
+
+Method, per size (see :mod:`bench.common`): each candidate's first call measures its peak extra
+memory and checks its loss and gradients against the naive version's; when every call of the size
+takes under ``SLOW_S`` seconds the candidates are then timed interleaved round by round
+(``rounds`` in the JSON), otherwise the time is that single measured call (``rounds = 0``: at
+the headline size one call takes tens of seconds on 2 CPU cores). ``python -m bench.chunked
+[--quick] [--no-full]``.
 """
 from __future__ import annotations
 
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from bench import common
-from utils.chunked_loss import chunked_linear_cross_entropy, default_chunk_size, naive_linear_cross_entropy
+from utils.chunked_loss import linear_cross_entropy, memory_floor_bytes, tile_shape
 
-SMOOTHING = 0.1
-FULL = {"tokens": 4096, "hidden": 1024, "vocab": 131072}
-SWEEP = {"tokens": 2048, "hidden": 256, "vocab": (8192, 16384, 32768, 65536, 131072)}
-QUICK_FULL = {"tokens": 128, "hidden": 64, "vocab": 4096}
-QUICK_SWEEP = {"tokens": 64, "hidden": 32, "vocab": (512, 1024, 2048)}
-TARGET_MEMORY_FRACTION = 0.25
-TARGET_TIME_RATIO = 1.5
-"""At the headline size the chunked version should need at most 1/4 of the naive peak memory at
-no more than 1.5x its time (reported, not asserted)."""
+EPSILONS = (0.0, 0.1)
+METHODS = ("naive", "torch", "course")
+FULL = {"tokens": 4096, "hidden": 1024, "vocab": (131072,)}
+SWEEP = {"tokens": 2048, "hidden": 256, "vocab": (8192, 32768, 131072)}
+QUICK_FULL = {"tokens": 128, "hidden": 64, "vocab": (4096,)}
+QUICK_SWEEP = {"tokens": 64, "hidden": 32, "vocab": (512, 2048)}
+SLOW_S = 4.0
+"""Sizes whose slowest call takes longer than this are timed by that single call, not by rounds."""
+ROUND_BUDGET_S = 12.0
+MAX_ROUNDS = 5
+TARGETS = {"memory_x_floor_at_most": 1.25, "time_x_naive_at_most": 1.0,
+           "eps0_memory_x_torch_at_most": 1.0, "eps0_time_x_torch_at_most": 0.5}
+"""The course's loss, at every size, dtype and eps (reported, not asserted: see the README)."""
+HEADLINE_TORCH_FALLBACK = False
+"""At the headline size torch's eps > 0 call *is* the naive computation (it falls back): not re-run there."""
 
 
 def _inputs(tokens: int, hidden: int, vocab: int, device: torch.device, dtype: torch.dtype, seed: int = 0):
@@ -41,78 +63,146 @@ def _inputs(tokens: int, hidden: int, vocab: int, device: torch.device, dtype: t
     return h, w, y
 
 
-def _steps(h, w, y):
+def candidates(h, w, y, eps: float) -> dict:
+    """name -> a forward + backward call returning (loss, dL/dh, dL/dW)."""
+    options = torch.nn.LinearCrossEntropyOptions()
+
     def naive():
-        loss = naive_linear_cross_entropy(h, w, y, SMOOTHING)
+        loss = F.cross_entropy(h @ w.T, y, label_smoothing=eps)
         return (loss.detach(), *torch.autograd.grad(loss, (h, w)))
 
-    def chunked():
-        loss = chunked_linear_cross_entropy(h, w, y, SMOOTHING)
+    def chunked_torch():
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*options`` ignored")
+            loss = F.linear_cross_entropy(h, w, y, label_smoothing=eps, options=options)
         return (loss.detach(), *torch.autograd.grad(loss, (h, w)))
 
-    return {"naive": naive, "chunked": chunked}
+    def course():
+        loss = linear_cross_entropy(h, w, y, label_smoothing=eps)
+        return (loss.detach(), *torch.autograd.grad(loss, (h, w)))
+
+    return {"naive": naive, "torch": chunked_torch, "course": course}
 
 
-def measure(tokens: int, hidden: int, vocab: int, device: torch.device, dtype: torch.dtype = torch.float32,
-            repeat: int = 3) -> list[dict]:
-    """One size: check both agree (which also warms them up), take each one's peak memory, then time them interleaved."""
+def torch_falls_back(h, w, y, eps: float) -> bool:
+    """Whether torch's chunked path refuses these arguments (it warns "``options`` ignored")."""
+    small = (h[:2].detach(), w[:3].detach(), torch.zeros(2, dtype=torch.long, device=h.device))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        F.linear_cross_entropy(*small, label_smoothing=eps, options=torch.nn.LinearCrossEntropyOptions())
+    return any("options`` ignored" in str(c.message) for c in caught)
+
+
+def measure(tokens: int, hidden: int, vocab: int, device: torch.device, dtype: torch.dtype, eps: float,
+            methods=METHODS, quick: bool = False) -> list[dict]:
+    """One size, dtype and eps: peak memory and agreement from each first call, then interleaved rounds if fast enough."""
     h, w, y = _inputs(tokens, hidden, vocab, device, dtype)
-    steps = _steps(h, w, y)
-    out_naive = steps["naive"]()
-    out_chunk = steps["chunked"]()
-    losses = {"naive": float(out_naive[0]), "chunked": float(out_chunk[0])}
-    diffs = [float((a.float() - b.float()).abs().max()) for a, b in zip(out_naive, out_chunk)]
-    del out_naive, out_chunk
-    peaks = {name: common.peak_memory_bytes(fn, device) for name, fn in steps.items()}
-    samples = common.time_interleaved(steps, device, warmup=0, repeat=repeat, min_sample_s=0.0)
-    ratios = common.ratio_to(samples, "naive")
-    logits_mib = tokens * vocab * torch.empty((), dtype=dtype).element_size() / common.MiB
-    base = {"dtype": common.dtype_name(dtype), "tokens": tokens, "hidden": hidden, "vocab": vocab,
-            "chunk_size": default_chunk_size(tokens, vocab), "logits_mib": round(logits_mib, 1)}
+    steps = {k: v for k, v in candidates(h, w, y, eps).items() if k in methods}
+    peaks, first_s, outputs = {}, {}, {}
+    for name, fn in steps.items():
+        box = {}
+
+        def call(fn=fn, box=box):
+            t0 = time.perf_counter()
+            out = fn()
+            common.synchronize(device)
+            box["s"] = time.perf_counter() - t0
+            box["out"] = tuple(t.float() for t in out)
+            return out
+
+        peaks[name] = common.peak_memory_bytes(call, device)
+        first_s[name], outputs[name] = box["s"], box["out"]
+    ref = outputs.get("naive")
+    diffs = {name: ([float((a - b).abs().max()) for a, b in zip(out, ref)] if ref is not None else None)
+             for name, out in outputs.items()}
+    del outputs, ref
+    slowest = max(first_s.values())
+    if slowest < SLOW_S or quick:
+        rounds = 2 if quick else int(max(1, min(MAX_ROUNDS, ROUND_BUDGET_S // max(sum(first_s.values()), 1e-3))))
+        samples = common.time_interleaved(steps, device, warmup=0, repeat=rounds, min_sample_s=0.0)
+    else:
+        rounds = 0
+        samples = {name: [1e3 * s] for name, s in first_s.items()}
+    ms = {name: common.median(v) for name, v in samples.items()}
+    ratios = common.ratio_to(samples, "naive") if "naive" in samples else {}
+    floor = memory_floor_bytes(tokens, hidden, vocab, dtype=dtype)
+    fell_back = torch_falls_back(h, w, y, eps) if "torch" in steps else None
     rows = []
     for name in steps:
-        rows.append({**base, "method": name,
-                     "ms": round(common.median(samples[name]), 2),
-                     "ms_samples": [round(s, 2) for s in samples[name]],
-                     "time_ratio_to_naive": round(ratios[name], 3),
-                     "peak_mib": common.to_mib(peaks[name]),
-                     "loss": losses[name],
-                     "max_abs_diff_loss_grad_h_grad_W": None if name == "naive" else diffs})
-    naive_peak = rows[0]["peak_mib"]
-    for r in rows:
-        r["memory_ratio_to_naive"] = round(r["peak_mib"] / naive_peak, 3) if naive_peak else None
+        rows.append({
+            "dtype": common.dtype_name(dtype), "eps": eps, "tokens": tokens, "hidden": hidden, "vocab": vocab,
+            "method": name, "ms": round(ms[name], 2), "ms_samples": [round(s, 2) for s in samples[name]], "rounds": rounds,
+            "time_x_naive": round(ratios[name], 3) if name in ratios else None,
+            "peak_mib": common.to_mib(peaks[name]), "floor_mib": common.to_mib(floor),
+            "peak_x_floor": None if peaks[name] is None else round(peaks[name] / floor, 3),
+            "logits_mib": round(tokens * vocab * torch.empty((), dtype=dtype).element_size() / common.MiB, 1),
+            "tile": list(tile_shape(tokens, hidden, vocab, dtype)) if name == "course" else None,
+            "torch_fell_back": fell_back if name == "torch" else None,
+            "max_abs_diff_loss_grad_h_grad_W_vs_naive": None if name == "naive" else diffs[name],
+        })
+    by = {r["method"]: r for r in rows}
+    if "course" in by and "torch" in by:
+        c, t = by["course"], by["torch"]
+        c["time_x_torch"] = round(c["ms"] / t["ms"], 3)
+        c["peak_x_torch"] = round(c["peak_mib"] / t["peak_mib"], 3) if c["peak_mib"] is not None and t["peak_mib"] else None
     return rows
+
+
+def check_targets(rows: list[dict]) -> dict:
+    """Each target of :data:`TARGETS` over the course's rows: met, and the worst value with its row."""
+    course = [r for r in rows if r["method"] == "course"]
+    out = {}
+
+    def worst(key, limit, subset):
+        vals = [r for r in subset if r.get(key) is not None]
+        if not vals:
+            return {"at_most": limit, "worst": None, "met": None}
+        bad = max(vals, key=lambda r: r[key])
+        return {"at_most": limit, "worst": bad[key], "met": bad[key] <= limit,
+                "where": f"{bad['dtype']} eps={bad['eps']} {bad['tokens']}x{bad['hidden']}x{bad['vocab']}"}
+
+    out["memory_x_floor"] = worst("peak_x_floor", TARGETS["memory_x_floor_at_most"], course)
+    out["time_x_naive"] = worst("time_x_naive", TARGETS["time_x_naive_at_most"], course)
+    eps0 = [r for r in course if r["eps"] == 0.0]
+    out["eps0_memory_x_torch"] = worst("peak_x_torch", TARGETS["eps0_memory_x_torch_at_most"], eps0)
+    out["eps0_time_x_torch"] = worst("time_x_torch", TARGETS["eps0_time_x_torch_at_most"], eps0)
+    return out
 
 
 def run(out_dir: str | Path = "build/bench", quick: bool = False, device: str | torch.device = "auto",
         full: bool = True, plot: bool = True) -> dict:
-    """Run the sweep (and the headline size unless ``full=False``), write ``chunked.json`` and ``chunked.png``."""
+    """Run the sweep and (unless ``full=False``) the headline size; write ``chunked.json`` and ``chunked.png``."""
     dev = common.resolve_device(device)
     env = common.environment(dev)
     sweep_cfg, full_cfg = (QUICK_SWEEP, QUICK_FULL) if quick else (SWEEP, FULL)
-    repeat = 2 if quick else 3
-    sweep = []
-    for vocab in sweep_cfg["vocab"]:
-        sweep += measure(sweep_cfg["tokens"], sweep_cfg["hidden"], vocab, dev, repeat=repeat)
-    headline = measure(full_cfg["tokens"], full_cfg["hidden"], full_cfg["vocab"], dev, repeat=repeat) if full else []
+    start = time.perf_counter()
+    sweep, headline = [], []
+    for dtype in common.dtypes_for(dev):
+        for eps in EPSILONS:
+            for vocab in sweep_cfg["vocab"]:
+                sweep += measure(sweep_cfg["tokens"], sweep_cfg["hidden"], vocab, dev, dtype, eps, quick=quick)
+    if full:
+        for dtype in common.dtypes_for(dev):
+            for eps in EPSILONS:
+                methods = METHODS if (eps == 0.0 or HEADLINE_TORCH_FALLBACK or quick) else ("naive", "course")
+                for vocab in full_cfg["vocab"]:
+                    headline += measure(full_cfg["tokens"], full_cfg["hidden"], vocab, dev, dtype, eps, methods, quick=quick)
     data = {
         "benchmark": "chunked",
         "quick": quick,
         "environment": env,
-        "config": {"smoothing": SMOOTHING, "dtype": "float32", "sweep": {**sweep_cfg, "vocab": list(sweep_cfg["vocab"])},
-                   "full": full_cfg if full else None, "repeat": repeat,
-                   "what": "forward + backward (torch.autograd.grad of the mean loss wrt h and W), every 17th target ignored"},
+        "config": {"epsilons": list(EPSILONS), "dtypes": [common.dtype_name(d) for d in common.dtypes_for(dev)],
+                   "sweep": {**sweep_cfg, "vocab": list(sweep_cfg["vocab"])},
+                   "full": {**full_cfg, "vocab": list(full_cfg["vocab"])} if full else None,
+                   "slow_s": SLOW_S, "round_budget_s": ROUND_BUDGET_S, "max_rounds": MAX_ROUNDS,
+                   "what": "forward + backward (torch.autograd.grad of the mean loss wrt h and W), every 17th target ignored",
+                   "floor": "float32 gradients of h and W: 4 (N H + V H) bytes",
+                   "headline_torch_eps_gt_0": "not run: torch falls back to the naive computation (see the sweep)"},
         "sweep": sweep,
         "full": headline,
+        "seconds": round(time.perf_counter() - start, 1),
     }
-    if headline:
-        chunk = next(r for r in headline if r["method"] == "chunked")
-        data["target"] = {
-            "memory_fraction_at_most": TARGET_MEMORY_FRACTION, "time_ratio_at_most": TARGET_TIME_RATIO,
-            "memory_fraction": chunk["memory_ratio_to_naive"], "time_ratio": chunk["time_ratio_to_naive"],
-            "met": (chunk["memory_ratio_to_naive"] is not None and chunk["memory_ratio_to_naive"] <= TARGET_MEMORY_FRACTION
-                    and chunk["time_ratio_to_naive"] <= TARGET_TIME_RATIO),
-        }
+    data["targets"] = check_targets(sweep + headline)
     out_dir = Path(out_dir)
     common.write_json(out_dir / "chunked.json", data)
     if plot:
@@ -120,25 +210,56 @@ def run(out_dir: str | Path = "build/bench", quick: bool = False, device: str | 
     return data
 
 
-def table(data: dict) -> str:
-    columns = ["N x H x V", "chunk", "method", "ms", "x naive time", "peak MiB", "x naive memory"]
+COLUMNS = ["dtype", "eps", "N x H x V", "method", "ms", "x naive", "peak MiB", "x floor", "rounds"]
 
-    def rows(results):
-        return [{"N x H x V": f"{r['tokens']} x {r['hidden']} x {r['vocab']}", "chunk": r["chunk_size"], "method": r["method"],
-                 "ms": r["ms"], "x naive time": r["time_ratio_to_naive"], "peak MiB": r["peak_mib"],
-                 "x naive memory": r["memory_ratio_to_naive"]} for r in results]
 
-    out = "sweep over the vocabulary (float32)\n" + common.format_table(rows(data["sweep"]), columns)
-    if data["full"]:
-        t = data["target"]
-        out += ("\n\nheadline size (float32)\n" + common.format_table(rows(data["full"]), columns)
-                + f"\nchunked: {t['memory_fraction']} of the naive peak memory (target <= {t['memory_fraction_at_most']}), "
-                  f"{t['time_ratio']}x its time (target <= {t['time_ratio_at_most']}): {'met' if t['met'] else 'NOT met'}")
+def table_rows(rows: list[dict]) -> list[dict]:
+    out = []
+    for r in rows:
+        method = r["method"] + (" (falls back)" if r.get("torch_fell_back") else "")
+        out.append({"dtype": r["dtype"], "eps": r["eps"], "N x H x V": f"{r['tokens']} x {r['hidden']} x {r['vocab']}",
+                    "method": method, "ms": r["ms"], "x naive": r["time_x_naive"], "peak MiB": r["peak_mib"],
+                    "x floor": r["peak_x_floor"], "rounds": r["rounds"]})
     return out
 
 
+def table(data: dict) -> str:
+    out = "sweep over the vocabulary\n" + common.format_table(table_rows(data["sweep"]), COLUMNS)
+    if data["full"]:
+        out += "\n\nheadline size\n" + common.format_table(table_rows(data["full"]), COLUMNS)
+    lines = []
+    for name, t in data["targets"].items():
+        verdict = "-" if t["met"] is None else ("met" if t["met"] else "NOT met")
+        lines.append(f"course {name}: worst {t['worst']} (target <= {t['at_most']}) at {t.get('where', '-')}: {verdict}")
+    return out + "\n" + "\n".join(lines) + f"\n{data['seconds']} s\n\n" + markdown(data)
+
+
+def markdown(data: dict) -> str:
+    """The README / lecture table: one line per size, dtype and eps; time relative to naive, peak as a multiple of the floor."""
+    groups = {}
+    for r in data["sweep"] + data["full"]:
+        groups.setdefault((r["tokens"], r["hidden"], r["vocab"], r["dtype"], r["eps"]), {})[r["method"]] = r
+    lines = ["| N x H x V | dtype | eps | floor MiB | naive | torch chunked | course |",
+             "| --- | --- | ---: | ---: | --- | --- | --- |"]
+
+    def cell(r):
+        if r is None:
+            return "not run (falls back to naive)"
+        if r["method"] == "naive":
+            t = f"{r['ms'] / 1e3:.2f} s" if r["ms"] >= 1000 else f"{r['ms']:.1f} ms"
+        else:
+            t = f"{r['time_x_naive']:.2f}x"
+        note = " (falls back)" if r.get("torch_fell_back") else ""
+        return f"{t}, {r['peak_mib']:.0f} MiB = {r['peak_x_floor']:.2f}x{note}"
+
+    for (n, h, v, dt, eps), by in groups.items():
+        lines.append(f"| {n} x {h} x {v} | {dt} | {eps} | {by['naive']['floor_mib']:.0f} | {cell(by.get('naive'))} | "
+                     f"{cell(by.get('torch'))} | {cell(by.get('course'))} |")
+    return "\n".join(lines)
+
+
 def plot_results(data: dict, path: str | Path) -> Path:
-    """Peak memory (left) and time (right) of both versions against the vocabulary size."""
+    """Peak memory as a multiple of the floor (left) and time relative to naive (right) against V, per dtype and eps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,27 +268,35 @@ def plot_results(data: dict, path: str | Path) -> Path:
     from utils.plotting import set_style
 
     set_style()
-    fig, (ax_m, ax_t) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for method in ("naive", "chunked"):
-        rs = [r for r in data["sweep"] if r["method"] == method]
-        vs = [r["vocab"] for r in rs]
-        if all(r["peak_mib"] is not None for r in rs):
-            ax_m.plot(vs, [r["peak_mib"] for r in rs], marker="o", label=method)
-        ax_t.plot(vs, [r["ms"] for r in rs], marker="o", label=method)
-    rs = [r for r in data["sweep"] if r["method"] == "naive"]
-    ax_m.plot([r["vocab"] for r in rs], [r["logits_mib"] for r in rs], ls=":", color="grey", label="one [N, V] logits tensor")
+    fig, (ax_m, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = {"naive": "C0", "torch": "C1", "course": "C2"}
+    styles = {("float32", 0.0): ("-", "o"), ("float32", 0.1): ("--", "o"), ("bfloat16", 0.0): ("-", "s"), ("bfloat16", 0.1): ("--", "s")}
+    for (dt, eps), (ls, marker) in styles.items():
+        for method in METHODS:
+            rs = [r for r in data["sweep"] if r["method"] == method and r["dtype"] == dt and r["eps"] == eps]
+            if not rs:
+                continue
+            vs = [r["vocab"] for r in rs]
+            label = f"{method} {dt} eps={eps}"
+            if all(r["peak_x_floor"] is not None for r in rs):
+                ax_m.plot(vs, [r["peak_x_floor"] for r in rs], ls=ls, marker=marker, color=colors[method], label=label)
+            ax_t.plot(vs, [r["time_x_naive"] for r in rs], ls=ls, marker=marker, color=colors[method], label=label)
+    ax_m.axhline(TARGETS["memory_x_floor_at_most"], color="grey", lw=0.8, ls=":")
+    ax_t.axhline(1.0, color="grey", lw=0.8, ls=":")
     cfg = data["config"]["sweep"]
     title = f"N = {cfg['tokens']}, H = {cfg['hidden']}"
-    ax_m.set(xscale="log", yscale="log", xlabel="vocabulary V", ylabel="peak extra memory (MiB)", title=f"peak memory, {title}")
-    ax_t.set(xscale="log", yscale="log", xlabel="vocabulary V", ylabel="forward + backward (ms)", title=f"time, {title}")
-    return common.save_figure(fig, path)
+    ax_m.set(xscale="log", yscale="log", xlabel="vocabulary V", ylabel="peak extra memory / floor", title=f"memory, {title}")
+    ax_t.set(xscale="log", yscale="log", xlabel="vocabulary V", ylabel="time / naive time", title=f"time, {title}")
+    ax_m.legend(fontsize=6, ncol=2)
+    return common.save_figure(fig, path, legend_fontsize=6)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = common.argument_parser(__doc__)
     parser.add_argument("--no-full", dest="full", action="store_false", help="skip the headline size (several GiB)")
     args = parser.parse_args(argv)
-    print(table(run(args.out, quick=args.quick, device=args.device, full=args.full)))
+    data = run(args.out, quick=args.quick, device=args.device, full=args.full)
+    print(table(data))
     return 0
 
 
