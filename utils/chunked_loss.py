@@ -12,9 +12,10 @@ chunked with smoothing, class weights, a bias, ``ignore_index`` and every reduct
 The algorithm: two passes over tiles of ``rows x classes`` of the logits.
 
 * Forward: per tile, ``z = h[r] @ W[c].T + b[c]`` in float32 and an online log-sum-exp per row
-  (``m`` the running maximum, ``s`` the running sum of ``exp(z - m)``), plus what the loss needs
-  besides: the target's logit and ``sum_k w_k z_k`` (index targets) or ``sum_k w_k q_k z_k``
-  (probability targets). Only ``lse`` (one float per row) is kept for the backward pass.
+  (``m`` the running maximum, ``s`` the running sum of ``exp(z - m)``). What else the loss needs
+  comes without the logits: the target's logit ``h_i . W_{y_i} + b_{y_i}`` and
+  ``sum_k w_k z_ik = h_i . (W.T w) + b . w`` (probability targets: ``sum_k w_k q_ik z_ik``, per
+  tile). Only ``lse`` (one float per row) is kept for the backward pass.
 * Backward: per tile, the same logits again, turned into the closed-form gradient (lecture 04)
 
       dL/dz_ik = s_i * (a_i * softmax(z_i)_k - w_k * t_ik),
@@ -27,7 +28,10 @@ The algorithm: two passes over tiles of ``rows x classes`` of the logits.
 The logits are computed twice (four matrix products instead of three), which buys two things: a
 tile can span *all* rows, so ``dL/dW[c]`` is written once by one large matrix product instead of
 being re-read and re-written for every chunk of rows, and nothing is computed for the backward pass
-unless it runs (``torch.no_grad()``, or inputs that do not require grad, build no gradient).
+unless it runs (``torch.no_grad()``, or inputs that do not require grad, build no gradient). A
+one-pass variant (gradients in the forward pass, chunks of ~200 rows x all classes within the same
+memory budget) was measured slower on the course's 2-core CPU, 0.82x of the naive time against
+0.62x for two passes at N x H x V = 4096 x 1024 x 32768, float32, and it was dropped.
 
 Memory. The *floor* is what the call must return: float32 (float64 for float64 inputs) gradients
 of ``h``, ``W`` and the bias, ``4 (N H + V H + V)`` bytes. The tile is sized from the problem
