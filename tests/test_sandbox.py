@@ -421,3 +421,48 @@ def test_no_sandbox_a_vandal_changes_no_other_row(scratch):
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["sandbox"] is None and manifest["requested"] is False
     assert all(not ran["sandboxed"] and "Landlock" in ran["mode"] for ran in manifest["submissions"].values())
+
+
+# --------------------------------------------------------------------------- limits in aggregate
+
+HOG = r'''
+import os, time
+pids = []
+for i in range(4):
+    pid = os.fork()
+    if pid == 0:
+        block = bytearray(1200 << 20)
+        for j in range(0, len(block), 4096):
+            block[j] = 1
+        time.sleep(30)
+        os._exit(0)
+    pids.append(pid)
+time.sleep(10)
+print("HOG " + str(sum(1 for p in pids if os.waitpid(p, os.WNOHANG) == (0, 0))))
+'''
+
+# Root only: without root no cgroup can be made (SECURITY.md, "Sandbox": memory is then limited
+# per process by RLIMIT_AS only), so the defence this test proves does not exist for other users.
+if os.geteuid() == 0:
+    @pytest.mark.slow
+    def test_memory_is_limited_across_forks(scratch):
+        """Four forks of 1.2 GB each under --memory-mb 3072 (RLIMIT_AS lets every one through):
+        the worker's memory cgroup keeps them to 3 GB together; the other student is graded."""
+        need("memory" in sandbox.cgroup_support(), "no writable memory cgroup here")
+        need(sandbox.probe().available, f"no sandbox here: {sandbox.probe().reason}")
+        subs, out = scratch / "hog" / "subs", scratch / "hog" / "out"
+        nb = nbtools.build_submission(ASSIGNMENT)
+        nb.cells.insert(1, nbtools.nbformat.v4.new_code_cell(HOG))
+        _write(nb, subs / "hog")
+        _write(nbtools.build_submission(ASSIGNMENT), subs / "honest")
+        proc = cli("grade", ASSIGNMENT, "--submissions", str(subs), "--out", str(out), "--private",
+                   "--workers", "2", "--timeout", "60", "--quiet", "--memory-mb", "3072")
+        assert proc.returncode == 0, proc.stderr[-5000:]
+        rows = _read_rows(out)
+        assert rows["honest"]["status"] == "graded" and rows["honest"]["score"] == rows["honest"]["max_score"]
+        nb = json.loads((out / "autograded" / "hog" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").read_text())
+        alive = [int(line.split()[1]) for cell in nb["cells"] for o in cell.get("outputs", [])
+                 for line in "".join(o.get("text", "")).splitlines() if line.startswith("HOG ")]
+        assert alive and alive[0] <= 2, f"{alive} forks of 1.2 GB alive together under a 3 GB cgroup"
+        ran = json.loads((out / "run.json").read_text())["submissions"]["hog"]
+        assert "memory" in ran["cgroup"], ran
