@@ -2,9 +2,7 @@
 record/replay on plain data, the probe payload decoder, the sandbox command (fast tests)."""
 from __future__ import annotations
 
-import base64
 import io
-import pickle
 import zipfile
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import nbformat
 import pytest
 import torch
 
-from autograder import collect, probe, sandbox, static, verifier
+from autograder import collect, sandbox, static, verifier
 
 # ----------------------------------------------------------------------------- static rules
 
@@ -306,37 +304,8 @@ def test_record_refuses_a_test_that_fails_on_its_own_solution(tmp_path):
         verifier.record(verifier.SourceAssignment("bad", tmp_path / "bad.ipynb"))
 
 
-# ----------------------------------------------------------------------------- the probe's payload
-
-def _payload(results: dict, test="t") -> list[dict]:
-    blobs = {}
-    for key, value in results.items():
-        buffer = io.BytesIO()
-        torch.save(value, buffer)
-        blobs[key] = base64.b64encode(buffer.getvalue()).decode()
-    return [{"output_type": "display_data", "metadata": {}, "data": {probe.MIME: {"test": test, "results": blobs}}}]
-
-
-def test_decode_reads_plain_data_only():
-    outputs = _payload({"0": {"value": torch.ones(2)}})
-    results, note = probe.decode(outputs, "t")
-    assert note is None and torch.equal(results["0"]["value"], torch.ones(2))
-
-    class Evil:
-        def __reduce__(self):
-            return (print, ("unpickled!",))
-
-    evil = base64.b64encode(pickle.dumps({"value": Evil()}, protocol=2)).decode()
-    outputs[0]["data"][probe.MIME]["results"]["1"] = evil
-    results, _ = probe.decode(outputs, "t")
-    assert "undecodable" in results["1"]  # weights_only refuses it: never unpickled
-
-
-def test_decode_discards_a_second_payload_and_a_foreign_test():
-    results, note = probe.decode(_payload({"0": {}}) * 2, "t")
-    assert results == {} and "more than one" in note
-    assert probe.decode(_payload({"0": {}}, test="other"), "t")[1] == "unreadable probe payload"
-    assert "did not run" in probe.decode([], "t")[1]
+# The probe's answers (plain data only, bounded): tests/test_verdict.py (test_load_bounded_*),
+# since answers come from execute replies, not from notebook outputs.
 
 
 # ----------------------------------------------------------------------------- the sandbox
