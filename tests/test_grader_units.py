@@ -1,5 +1,5 @@
 """The grader's parts without kernels: static rules, submission collection, the verifier's
-record/replay on plain data, the probe payload decoder, the sandbox command (fast tests)."""
+record/replay on plain data, LMS collection, the sandbox command line (fast tests)."""
 from __future__ import annotations
 
 import io
