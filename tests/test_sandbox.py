@@ -163,8 +163,13 @@ def run_as_user(argv: list[str], home: Path, timeout: int = 1200) -> subprocess.
                "--bounding-set=-all", "--"]
     script.append("exec " + " ".join(shlex.quote(a) for a in setpriv + ["env", "-i"]
                                       + [f"{k}={v}" for k, v in env.items()] + argv))
-    return subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", "\n".join(script)],
-                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    try:
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                               "\n".join(script)], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    finally:
+        for line in script:  # the empty mount points made for the private namespace
+            if line.startswith("mount --rbind "):
+                shutil.rmtree(shlex.split(line)[-1], ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
