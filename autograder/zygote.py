@@ -10,7 +10,10 @@ each submission it forks a child, which
 * closes the command socket, starts a new session, redirects its output to the submission's
   ``kernel.log``,
 * enters a fresh IPC namespace and a mount namespace of its own with new, size-capped ``/tmp``
-  and ``/dev/shm`` tmpfs (SysV/POSIX shared memory or files left there die with the kernel),
+  and ``/dev/shm`` tmpfs (SysV/POSIX shared memory or files left there die with the kernel);
+  what bwrap bound below them (the work root; the venv and ``utils/`` of a course that lives
+  under /tmp, as in CI) is bound again on top, read-only where it was
+  (``tests/test_sandbox.py::test_a_course_and_venv_under_tmp_grade_in_the_sandbox``),
 * moves into the submission's own work dir with a clean environment,
 * sets the submission's rlimits (CPU seconds, address space, file size, open files, processes),
 * drops every capability (bounding, ambient, permitted, effective, inheritable) and sets
@@ -49,7 +52,7 @@ from . import sandbox
 
 # Everything below runs inside the sandbox, started as ``python -c ZYGOTE <preload modules...>``.
 ZYGOTE = r'''
-import ctypes, json, os, resource, signal, sys
+import ctypes, json, os, re, resource, signal, sys
 CONTROL = int(sys.argv[1])
 libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 38
@@ -78,23 +81,36 @@ def check(result, what):
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
+def kept_mounts():
+    """The mount points bwrap made under /tmp and /dev/shm (the work root, and the read-only
+    venv, interpreter or ``utils/`` when the course lives under /tmp): each kernel's fresh tmpfs
+    must not hide them. Only the outermost of nested ones (they are re-bound recursively)."""
+    points = set()
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+            if point.startswith(("/tmp/", "/dev/shm/")):
+                points.add(point)
+    return sorted(p for p in points if not any(p.startswith(q + "/") for q in points))
+
+
 def private_namespaces(tmp_bytes):
     """A fresh IPC namespace (SysV shm, semaphores, message queues) and a mount namespace with
-    empty /tmp and /dev/shm of their own: nothing of this kernel outlives it for the next one."""
+    empty /tmp and /dev/shm of their own: nothing of this kernel outlives it for the next one.
+    What bwrap mounted below them (:data:`KEPT`) is bound again on top, with its own flags
+    (read-only stays read-only)."""
     check(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare(CLONE_NEWNS|CLONE_NEWIPC)")
     check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
     for path in ("/tmp", "/dev/shm"):
         os.makedirs(path, exist_ok=True)
-        # the work root (bound by bwrap) may lie under /tmp: keep it visible over the new tmpfs
-        under = KEEP.startswith(path + "/")
-        keep = os.open(KEEP, os.O_PATH | os.O_DIRECTORY) if under else None
+        kept = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in KEPT if p.startswith(path + "/")]
         check(libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
                          f"size={tmp_bytes},mode=1777".encode()), f"mount tmpfs {path}")
-        if keep is not None:
-            os.makedirs(KEEP, mode=0o755, exist_ok=True)
-            check(libc.mount(f"/proc/self/fd/{keep}".encode(), KEEP.encode(), None, MS_BIND | MS_REC, None),
-                  f"bind {KEEP}")
-            os.close(keep)
+        for point, fd in kept:
+            os.makedirs(point, mode=0o755, exist_ok=True)
+            check(libc.mount(f"/proc/self/fd/{fd}".encode(), point.encode(), None, MS_BIND | MS_REC, None),
+                  f"bind {point}")
+            os.close(fd)
 
 
 def child(req):
@@ -153,6 +169,7 @@ def others():
 
 
 KEEP = os.path.realpath(sys.argv[2])  # the work root (bound from outside): never wiped here
+KEPT = kept_mounts()  # bwrap's mounts under /tmp, /dev/shm: re-bound in each kernel, never wiped
 
 
 def wipe(path, device=None):
@@ -166,7 +183,7 @@ def wipe(path, device=None):
         full = os.path.join(path, name)
         try:
             info = os.lstat(full)
-            if info.st_dev != device or full == KEEP or KEEP.startswith(full + "/"):
+            if info.st_dev != device or any(k == full or k.startswith(full + "/") for k in [KEEP, *KEPT]):
                 continue
             if os.path.isdir(full) and not os.path.islink(full):
                 os.chmod(full, 0o700)

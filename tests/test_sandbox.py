@@ -352,6 +352,66 @@ def test_a_submission_cannot_reach_anything(who, scratch):
     assert manifest["sandbox"]["available"] is True
 
 
+# --------------------------------------------------------------------------- a course under /tmp
+
+UNDER_TMP = r'''
+import json, os, sys
+report = {"prefix": sys.prefix, "venv_listed": os.path.isdir(os.path.join(sys.prefix, "lib")),
+          "utils_read": os.path.isfile(os.path.join(UTILS, "__init__.py"))}
+try:
+    import xml.dom.minidom, tqdm  # not preloaded by the zygote: imported now, from the venv under /tmp
+    report["lazy_import"] = True
+except Exception as exc:
+    report["lazy_import"] = repr(exc)
+try:
+    open(os.path.join(sys.prefix, "pyvenv.cfg"), "a").close()
+    report["venv_writable"] = True
+except OSError:
+    report["venv_writable"] = False
+print("UNDER-TMP " + json.dumps(report))
+'''
+
+
+@pytest.mark.slow
+def test_a_course_and_venv_under_tmp_grade_in_the_sandbox(scratch):
+    """CI may clone the course (and ``make setup`` its venv) under /tmp, where every kernel gets a
+    fresh /tmp: the read-only venv and ``utils/`` bound below /tmp must stay visible (and
+    read-only) in the kernel, forked by the zygote, or no kernel starts. A copy of the course
+    under /tmp runs from a venv reached through a path under /tmp (``sys.prefix`` is that path)."""
+    status = sandbox.probe()
+    need(status.available, f"no sandbox here: {status.reason}")
+    course = Path(tempfile.mkdtemp(prefix="ag-course-", dir="/tmp"))
+    try:
+        os.chmod(course, 0o755)
+        for name in ("autograder", "utils", "source", "release"):
+            shutil.copytree(REPO / name, course / name, ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("nbgrader_config.py", "pyproject.toml"):
+            shutil.copy(REPO / name, course / name)
+        (course / ".venv").symlink_to(Path(sys.prefix).resolve())
+        python = course / ".venv" / "bin" / Path(sys.executable).name
+        subs = scratch / "under-tmp" / "subs"
+        nb = nbtools.build_submission(ASSIGNMENT)
+        nb.cells.insert(1, nbtools.nbformat.v4.new_code_cell(f"UTILS = {str(course / 'utils')!r}\n" + UNDER_TMP))
+        _write(nb, subs / "ann")
+        out = scratch / "under-tmp" / "out"
+        proc = subprocess.run([str(python), "-m", "autograder", "grade", ASSIGNMENT, "--submissions", str(subs),
+                               "--out", str(out), "--private", "--workers", "1", "--timeout", "30", "--quiet"],
+                              cwd=course, capture_output=True, text=True, timeout=600,
+                              env={k: v for k, v in os.environ.items() if k != "AUTOGRADER_NO_ZYGOTE"})
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        row = _read_rows(out)["ann"]
+        assert row["status"] == "graded" and row["score"] == row["max_score"], row
+        nb = json.loads((out / "autograded" / "ann" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb").read_text())
+        reports = [json.loads(line[len("UNDER-TMP "):]) for cell in nb["cells"] for o in cell.get("outputs", [])
+                   for line in "".join(o.get("text", "")).splitlines() if line.startswith("UNDER-TMP ")]
+        assert reports == [{"prefix": str(course / ".venv"), "venv_listed": True, "utils_read": True,
+                            "lazy_import": True, "venv_writable": False}], reports
+        ran = json.loads((out / "run.json").read_text())["submissions"]["ann"]
+        assert ran["sandboxed"] is True and ran["kernel"] == "zygote fork", ran
+    finally:
+        shutil.rmtree(course, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- --no-sandbox
 
 VANDAL = r'''
