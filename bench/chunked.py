@@ -176,17 +176,24 @@ def run(out_dir: str | Path = "build/bench", quick: bool = False, device: str | 
     env = common.environment(dev)
     sweep_cfg, full_cfg = (QUICK_SWEEP, QUICK_FULL) if quick else (SWEEP, FULL)
     start = time.perf_counter()
+    out_dir = Path(out_dir)
     sweep, headline = [], []
+
+    def progress():  # rows so far, so that an interrupted run keeps what it measured
+        common.write_json(out_dir / "chunked.partial.json", {"environment": env, "sweep": sweep, "full": headline})
+
     for dtype in common.dtypes_for(dev):
         for eps in EPSILONS:
             for vocab in sweep_cfg["vocab"]:
                 sweep += measure(sweep_cfg["tokens"], sweep_cfg["hidden"], vocab, dev, dtype, eps, quick=quick)
+                progress()
     if full:
         for dtype in common.dtypes_for(dev):
             for eps in EPSILONS:
                 methods = METHODS if (eps == 0.0 or HEADLINE_TORCH_FALLBACK or quick) else ("naive", "course")
                 for vocab in full_cfg["vocab"]:
                     headline += measure(full_cfg["tokens"], full_cfg["hidden"], vocab, dev, dtype, eps, methods, quick=quick)
+                    progress()
     data = {
         "benchmark": "chunked",
         "quick": quick,
@@ -203,8 +210,8 @@ def run(out_dir: str | Path = "build/bench", quick: bool = False, device: str | 
         "seconds": round(time.perf_counter() - start, 1),
     }
     data["targets"] = check_targets(sweep + headline)
-    out_dir = Path(out_dir)
     common.write_json(out_dir / "chunked.json", data)
+    (out_dir / "chunked.partial.json").unlink(missing_ok=True)
     if plot:
         data["plot"] = str(plot_results(data, out_dir / "chunked.png"))
     return data

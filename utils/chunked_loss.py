@@ -68,6 +68,10 @@ __all__ = [
 REDUCTIONS = ("mean", "sum", "none")
 WORKSPACE_FRACTION = 0.15
 """A tile's buffers take about this fraction of the floor (the gradients the call returns)."""
+RESERVED_BYTES = 2 * 2**20
+"""Left out of the tile's share for what every call needs besides (BLAS packing buffers, per-row
+vectors): at N x H x V = 2048 x 256 x 8192 (a 10 MiB floor) a tile of the full 15 % measured 1.34x
+the floor on the course's CPU."""
 MIN_TILE_ELEMENTS = 1 << 15
 """Below this many logits per tile the per-tile overhead dominates; tiny problems use one tile."""
 MIN_CLASSES = 128
@@ -93,7 +97,7 @@ def tile_shape(tokens: int, hidden: int, vocab: int, dtype: torch.dtype = torch.
     """``(rows, classes)`` of one tile of logits, from the sizes of the problem.
 
     The tile's buffers (a float32 block, plus a low-precision copy for bf16/fp16 inputs) take
-    about ``fraction`` of :func:`memory_floor_bytes`. All rows at once when that leaves at least
+    about ``fraction`` of :func:`memory_floor_bytes`, less :data:`RESERVED_BYTES`. All rows at once when that leaves at least
     :data:`MIN_CLASSES` classes per tile (then ``dL/dW`` of a class tile is one matrix product),
     otherwise :data:`MIN_CLASSES` classes and as many rows as fit.
     """
@@ -103,7 +107,8 @@ def tile_shape(tokens: int, hidden: int, vocab: int, dtype: torch.dtype = torch.
     per_element = torch.empty((), dtype=acc).element_size()
     if dtype != acc:
         per_element += torch.empty((), dtype=dtype).element_size()
-    budget = max(MIN_TILE_ELEMENTS, int(fraction * memory_floor_bytes(tokens, hidden, vocab, bias, dtype)) // per_element)
+    share = int(fraction * memory_floor_bytes(tokens, hidden, vocab, bias, dtype)) - RESERVED_BYTES
+    budget = max(MIN_TILE_ELEMENTS, share // per_element)
     rows = max(tokens, 1)
     classes = budget // rows
     if classes >= min(vocab, MIN_CLASSES):
@@ -329,7 +334,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         all_rows = tile[0] >= n
         grad_h = torch.zeros((n, hid), dtype=acc, device=dev) if need_h else None
         if need_w:
-            grad_w = torch.empty_like(w) if all_rows else torch.zeros((vocab, hid), dtype=acc, device=dev)
+            # float32 accumulation over row chunks: in dL/dW itself (float32/64), or, for bf16/fp16, in
+            # a [classes, H] float32 buffer per class tile, written into the low-precision result when
+            # the tile's last row chunk is done (no [V, H] float32 copy beside the result)
+            grad_w = torch.empty_like(w) if (all_rows or low) else torch.zeros((vocab, hid), dtype=acc, device=dev)
+            w_acc = torch.zeros((tile[1], hid), dtype=acc, device=dev) if (low and not all_rows) else None
         else:
             grad_w = None
         grad_b = torch.zeros(vocab, dtype=acc, device=dev) if need_b else None
@@ -387,7 +396,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     if all_rows:
                         torch.mm(gl.t(), h, out=grad_w[c0:c1])
                     elif low:
-                        grad_w[c0:c1] += gl.t() @ h[r0:r1]
+                        part = w_acc[: c1 - c0]
+                        if r0 == 0:
+                            part.zero_()
+                        part += gl.t() @ h[r0:r1]
+                        if r1 == n:
+                            grad_w[c0:c1] = part
                     else:
                         grad_w[c0:c1].addmm_(gl.t(), h[r0:r1])
         del buf, low_buf
