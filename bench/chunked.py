@@ -17,11 +17,12 @@ headline N = 4096, H = 1024, V = 131,072, in float32 and (where the device runs 
 eps = 0 and eps = 0.1. Each row records the *floor*: the float32 gradients of ``h`` and ``W`` the
 call must return (:func:`utils.chunked_loss.memory_floor_bytes`); memory targets are multiples of it.
 
-Method, per size (see :mod:`bench.common`): each candidate's first call measures its peak extra
-memory and checks its loss and gradients against the naive version's; when every call of the size
-takes under ``SLOW_S`` seconds the candidates are then timed interleaved round by round
-(``rounds`` in the JSON), otherwise the time is that single measured call (``rounds = 0``: at
-the headline size one call takes tens of seconds on 2 CPU cores). ``python -m bench.chunked
+Method, per size (see :mod:`bench.common`): each candidate's first call warms it up (one-time
+set-up, such as oneDNN's bf16 kernels, would otherwise count as memory) and its loss and gradients
+are checked against the naive version's; its second call measures its peak extra memory. When
+every call of the size takes under ``SLOW_S`` seconds the candidates are then timed interleaved
+round by round (``rounds`` in the JSON), otherwise the time is that second call's (``rounds = 0``:
+at the headline size one call takes tens of seconds on 2 CPU cores). ``python -m bench.chunked
 [--quick] [--no-full]``.
 """
 from __future__ import annotations
@@ -98,7 +99,14 @@ def measure(tokens: int, hidden: int, vocab: int, device: torch.device, dtype: t
     """One size, dtype and eps: peak memory and agreement from each first call, then interleaved rounds if fast enough."""
     h, w, y = _inputs(tokens, hidden, vocab, device, dtype)
     steps = {k: v for k, v in candidates(h, w, y, eps).items() if k in methods}
-    peaks, first_s, outputs = {}, {}, {}
+    peaks, first_s, outputs, peak_s = {}, {}, {}, {}
+    for name, fn in steps.items():
+        t0 = time.perf_counter()
+        out = fn()                         # warm-up (one-time set-up such as oneDNN's kernels) and agreement
+        common.synchronize(device)
+        first_s[name] = time.perf_counter() - t0
+        outputs[name] = tuple(t.float() for t in out)
+        del out
     for name, fn in steps.items():
         box = {}
 
@@ -107,11 +115,10 @@ def measure(tokens: int, hidden: int, vocab: int, device: torch.device, dtype: t
             out = fn()
             common.synchronize(device)
             box["s"] = time.perf_counter() - t0
-            box["out"] = tuple(t.float() for t in out)
             return out
 
         peaks[name] = common.peak_memory_bytes(call, device)
-        first_s[name], outputs[name] = box["s"], box["out"]
+        peak_s[name] = box["s"]
     ref = outputs.get("naive")
     diffs = {name: ([float((a - b).abs().max()) for a, b in zip(out, ref)] if ref is not None else None)
              for name, out in outputs.items()}
@@ -122,7 +129,7 @@ def measure(tokens: int, hidden: int, vocab: int, device: torch.device, dtype: t
         samples = common.time_interleaved(steps, device, warmup=0, repeat=rounds, min_sample_s=0.0)
     else:
         rounds = 0
-        samples = {name: [1e3 * s] for name, s in first_s.items()}
+        samples = {name: [1e3 * s] for name, s in peak_s.items()}
     ms = {name: common.median(v) for name, v in samples.items()}
     ratios = common.ratio_to(samples, "naive") if "naive" in samples else {}
     floor = memory_floor_bytes(tokens, hidden, vocab, dtype=dtype)
