@@ -55,7 +55,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--memory-mb", type=_positive, default=4096, help="address-space limit per kernel (default 4096)")
     g.add_argument("--zip-regexp", default=None,
                    help="nbgrader FileNameCollectorPlugin.named_regexp for LMS downloads "
-                        "(needs the student_id and file_id groups)")
+                        "(needs the student_id and file_id groups; matched, as in nbgrader, against "
+                        "the start of the extracted path /extracted/<entry name>, else of the entry's "
+                        "base name). Default: <assignment>_<student_id>_attempt_<timestamp>_<file>, "
+                        "anchored on the LMS's prefix")
     g.add_argument("--course-root", type=Path, default=None, help="course root (default: . or the repository)")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="grade on the Dask cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786; "

@@ -8,7 +8,10 @@ Two layouts are accepted under ``--submissions DIR`` (both at once too):
   ``<ASSIGNMENT>_<student_id>_attempt_<timestamp>_<the student's own file name>``, e.g.
   ``ps1_smoothing_bitdiddle_attempt_2016-01-30-15-00-00_ps1_smoothing.ipynb``. The regexp comes
   from ``--zip-regexp``, else :func:`default_regexp`; it must provide ``student_id`` and ``file_id`` and may provide
-  ``timestamp``; it is matched against the start of the entry's base name.
+  ``timestamp``. The default is matched against the start of the entry's base name; a
+  ``--zip-regexp`` is matched as nbgrader's ``FileNameCollectorPlugin.named_regexp`` is, against
+  the start of the extracted file's path (here ``/extracted/<entry name>``, so that nbgrader's
+  documented ``.*/...`` and ``.*_...`` forms work), else against the base name.
 
 What it defends against (a student who controls the name and content of their own upload):
 
@@ -115,7 +118,8 @@ def _from_archives(archives: list[Path], assignment: str, regexp: str | None) ->
             if not base or "__MACOSX" in parts or ".ipynb_checkpoints" in parts or base.startswith("._"):
                 continue
             origin = f"{archive.name}:{name}"
-            match = pattern.match(base)
+            match = pattern.match(base) if regexp is None else (pattern.match(f"/extracted/{name.lstrip('/')}")
+                                                                 or pattern.match(base))
             info = match.groupdict() if match else {}
             if not info.get("student_id") or info.get("file_id") is None:
                 if base.endswith(".ipynb") or _is_archive_name(base):

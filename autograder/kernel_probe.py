@@ -10,8 +10,9 @@ return for these inputs?", "what is ``q1``?", "the gradient for this upstream ve
 returns plain data (exact ``torch.Tensor`` and Python scalars) as a base64 ``torch.save``
 archive, which the worker bounds and loads with ``torch.load(weights_only=True)``.
 
-Everything here is untrusted once it runs (the student's code ran first in this process): a lie
-can only report wrong data, and the expected values never enter this kernel. Where a test
+It is loaded before the student's cells run, then the student's cells run, then the questions
+are asked. Everything here is untrusted once student code has run in this process: a lie can
+only report wrong data, and the expected values never enter this kernel. Where a test
 replaced a name while it asked (``one_hot = _reference_one_hot``, ``F.cross_entropy =
 _disabled``), the substitute here is a *lookup table* of what the test's helper answered to the
 reference solution's calls (computed by the trusted worker): data, never the helper's code.
@@ -27,6 +28,14 @@ import torch
 
 #: limits on what is reported (the worker enforces its own limits again)
 MAX_ITEMS, MAX_DEPTH, MAX_STR = 20000, 5, 20000
+
+# This module is loaded before any student cell runs: the comparisons of :func:`same` (the
+# lookup tables' keys) keep these references when the student's code later replaces
+# ``builtins.all`` or ``torch.equal`` (else every table would answer with its first entry, and a
+# correct function would lose the tests that substitute a helper: tests/attacks,
+# ``attack-patch-comparisons``). Such a replacement can still only hurt its own answers.
+_all, _len, _zip, _type = builtins.all, builtins.len, builtins.zip, builtins.type
+_equal, _isnan, _nan_to_num = torch.equal, torch.isnan, torch.nan_to_num
 
 
 def typename(value):
@@ -83,18 +92,17 @@ def rebuild_error(info):
 
 def same(a, b):
     """Bitwise equality of plain data (NaN equals NaN)."""
-    if type(a) is not type(b):
+    if _type(a) is not _type(b):
         return False
-    if type(a) is torch.Tensor:
+    if _type(a) is torch.Tensor:
         if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
             return False
         if a.is_floating_point():
-            return bool(torch.equal(torch.isnan(a), torch.isnan(b))
-                        and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0)))
-        return bool(torch.equal(a, b))
-    if type(a) in (list, tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if type(a) is float:
+            return bool(_equal(_isnan(a), _isnan(b)) and _equal(_nan_to_num(a, 0.0), _nan_to_num(b, 0.0)))
+        return bool(_equal(a, b))
+    if _type(a) in (list, tuple):
+        return _len(a) == _len(b) and _all(same(x, y) for x, y in _zip(a, b))
+    if _type(a) is float:
         return a == b or (a != a and b != b)
     return a == b
 
@@ -119,7 +127,7 @@ def table_stub(name, table):
                 bound = None
         for recorded, outcome in table.get("calls", ()):
             if bound is not None and recorded.keys() == bound.keys() \
-                    and all(same(recorded[k], bound[k]) for k in recorded):
+                    and _all(same(recorded[k], bound[k]) for k in recorded):
                 if "error" in outcome:
                     raise rebuild_error(outcome["error"])
                 value = outcome.get("value")

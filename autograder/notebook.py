@@ -89,6 +89,33 @@ def student_cells(nb) -> list[str]:
     return [cell.source for cell in nb.cells if cell.cell_type == "code" and not is_test(cell)]
 
 
+def test_positions(nb) -> dict[str, int]:
+    """``{grade_id: number of student cells before it}`` for each test
+    cell: where nbgrader's own run reaches it (a crash in a student cell costs the tests after
+    that cell, as in nbgrader's kernel; see :meth:`autograder.worker.Worker._ask`)."""
+    out, count = {}, 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        if is_test(cell):
+            grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+            if grade_id:
+                out[grade_id] = count
+        else:
+            count += 1
+    return out
+
+
+def cell_labels(nb) -> list[str]:
+    """A name for each of :func:`student_cells`, for messages: its grade_id, or its position."""
+    labels = []
+    for number, cell in enumerate((c for c in nb.cells if c.cell_type == "code"), start=1):
+        if not is_test(cell):
+            grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+            labels.append(f"the cell {grade_id!r}" if grade_id else f"code cell {number}")
+    return labels
+
+
 def written_by_student(nb) -> list[str]:
     """Code cells the student could edit (not test cells, not locked cells)."""
     return [cell.source for cell in nb.cells

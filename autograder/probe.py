@@ -191,31 +191,46 @@ def decode(reply: dict | None) -> tuple[dict[str, dict], str | None]:
 # ----------------------------------------------------------------------------- the probe kernel
 
 class ProbeSession:
-    """Runs the student's cells, then asks every test's questions, in one probe kernel.
+    """Loads the probe module, runs the student's cells, then asks every test's questions, in one
+    probe kernel.
 
     ``channel`` is a :class:`autograder.kernels.Channel` (bounded shell messages, interrupts,
-    deadline). Returns ``{grade_id: (results, note)}`` and a failure reason (or None)."""
+    deadline). :meth:`ask` returns ``{grade_id: (results, note)}``; ``failure`` is a reason (or
+    None) and ``failed_at`` the index of the student cell during which the kernel died or was
+    killed (None when it was not a student cell)."""
 
     def __init__(self, channel, cell_timeout: float):
         self.channel = channel
         self.cell_timeout = cell_timeout
         self.failure: str | None = None
+        self.failed_at: int | None = None
+        self.loaded: bool | None = None
+
+    def load(self) -> None:
+        """:mod:`autograder.kernel_probe` into the kernel, before any student cell runs (its
+        comparisons then hold references the student's code cannot replace)."""
+        if self.failure:
+            return
+        reply = self.channel.execute(define_code(), timeout=60)
+        self.failure = self.channel.failure
+        self.loaded = not self.failure and (reply or {}).get("status") == "ok"
 
     def run_cells(self, sources: list[str]) -> None:
-        for source in sources:
+        for index, source in enumerate(sources):
             if self.failure:
                 return
-            reply = self.channel.execute(source, timeout=self.cell_timeout, store_history=True)
+            self.channel.execute(source, timeout=self.cell_timeout, store_history=True)
             self.failure = self.channel.failure
+            if self.failure:
+                self.failed_at = index
 
     def ask(self, plan_files: dict[str, bytes]) -> dict[str, tuple[dict, str | None]]:
         answers: dict[str, tuple[dict, str | None]] = {}
-        if not self.failure:
-            reply = self.channel.execute(define_code(), timeout=60)
-            self.failure = self.channel.failure
-            if not self.failure and (reply or {}).get("status") != "ok":
-                note = "the checks could not be loaded into your notebook's kernel"
-                return {g: ({}, note) for g in plan_files}
+        if self.loaded is None:
+            self.load()
+        if not self.failure and not self.loaded:
+            note = "the checks could not be loaded into your notebook's kernel"
+            return {g: ({}, note) for g in plan_files}
         for grade_id, questions in plan_files.items():
             if self.failure:
                 answers[grade_id] = ({}, f"the check did not run: {self.failure}")

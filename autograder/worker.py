@@ -111,7 +111,8 @@ class Worker:
         timing["prepare"] = round(time.monotonic() - t0, 3)
 
         t = time.monotonic()
-        answers, probe_failure = self._ask(notebook.student_cells(nb))
+        answers, probe_failure = self._ask(notebook.student_cells(nb), notebook.test_positions(nb),
+                                           notebook.cell_labels(nb))
         timing["probe"] = round(time.monotonic() - t, 3)
 
         t = time.monotonic()
@@ -133,32 +134,59 @@ class Worker:
                                                       sum(self.points.values()))
         timing["write"] = round(time.monotonic() - t, 3)
 
-    def _ask(self, cells: list[str]) -> tuple[dict, str | None]:
-        """The probe kernel: the student's cells, then every test's questions (retried once on a
-        fresh sandbox when the kernel could not start: no student code ran then)."""
-        for attempt in range(2):
+    def _ask(self, cells: list[str], positions: dict[str, int] | None = None,
+             labels: list[str] | None = None) -> tuple[dict, str | None]:
+        """The probe kernel: the student's cells, then every test's questions.
+
+        A student cell that kills its kernel or will not stop when interrupted (``os._exit``, a
+        loop that swallows KeyboardInterrupt) costs what it costs in nbgrader's own run: the
+        tests after that cell. The tests before it are asked again in a fresh probe kernel that
+        runs the cells before it (the submission's deadline still counts). A kernel that could
+        not start is retried once (no student code ran then)."""
+        positions = positions or {}
+        deadline = time.monotonic() + self.settings.submission_timeout
+        timeout = f"timeout: the submission ran longer than {self.settings.submission_timeout} s"
+        questions, skipped, crash, start_failures = dict(self.questions), {}, None, 0
+        while True:
             work = self.kernels.workdir()
             km = self.kernels.manager(work)
             failure = kernels.start(km)
-            channel = None
+            channel = session = None
             try:
                 if failure is None:
-                    channel = kernels.Channel(km, time.monotonic() + self.settings.submission_timeout,
-                                              f"timeout: the submission ran longer than "
-                                              f"{self.settings.submission_timeout} s", probe.MAX_MESSAGE_BYTES)
+                    channel = kernels.Channel(km, deadline, timeout, probe.MAX_MESSAGE_BYTES)
                     if channel.wait_ready():
                         session = probe.ProbeSession(channel, self.settings.cell_timeout)
+                        session.load()
                         session.run_cells(cells)
-                        return session.ask(self.questions), session.failure
-                    failure = channel.failure
+                        cut = session.failed_at
+                        if crash is not None or cut is None or session.failure == timeout:
+                            answers = session.ask(questions)
+                            answers.update(skipped)
+                            return answers, crash or session.failure
+                        crash = session.failure
+                        where = (labels or [])[cut] if labels and cut < len(labels) else f"code cell {cut + 1}"
+                        skipped = {g: ({}, f"the check did not run: {crash} in {where}, before this test")
+                                   for g in questions if positions.get(g, 0) > cut}
+                        questions = {g: q for g, q in questions.items() if g not in skipped}
+                        if not questions:
+                            return skipped, crash
+                        cells = cells[:cut]
+                    else:
+                        failure = channel.failure
             finally:
                 if channel is not None:
                     channel.close()
                 self.kernels.stop(km, failed=failure is not None or (channel is not None and bool(channel.failure)))
-            if attempt == 0:
+            if session is None:
+                start_failures += 1
+                if start_failures >= 2:
+                    break
                 time.sleep(0.5)
         note = f"the check did not run: {failure}"
-        return {g: ({}, note) for g in self.questions}, failure
+        answers = {g: ({}, note) for g in questions}
+        answers.update(skipped)
+        return answers, crash or failure
 
     def _verify(self, answers: dict, kernel_scores: dict, static: dict, failure: str | None) -> dict:
         verdicts = {}

@@ -119,6 +119,21 @@ def test_collect_lms_id_comes_from_the_lms_part_of_the_name(tmp_path):
     assert b"mallory's forgery" in fooled["victim"].data
 
 
+def test_collect_zip_regexp_matches_like_nbgrader(tmp_path):
+    """--zip-regexp is nbgrader's FileNameCollectorPlugin.named_regexp, which nbgrader matches
+    against the extracted file's path: its ``.*/`` form works, and so does a base-name regexp."""
+    archive = tmp_path / "subs" / "download.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ps1_ann_attempt_2026-01-01-09-00-00_ps1.ipynb", _notebook_bytes("ann"))
+        zf.writestr("ps1_bob_attempt_2026-01-01-10-00-00_ps1.ipynb", _notebook_bytes("bob"))
+    for regexp in (r".*/ps1_(?P<student_id>[A-Za-z0-9_-]+)_attempt_(?P<timestamp>[0-9\-]+)_(?P<file_id>\w+)\.ipynb",
+                   r"ps1_(?P<student_id>[a-z]+)_attempt_(?P<timestamp>[0-9\-]+)_(?P<file_id>\w+)"):
+        found = {s.student_id: s for s in collect.collect(archive.parent, "ps1", regexp=regexp)}
+        assert set(found) == {"ann", "bob"}, (regexp, found)
+        assert b"ann" in found["ann"].data and found["bob"].timestamp.startswith("2026-01-01")
+
+
 def test_collect_lms_archive_inside_an_upload_is_attributed_by_its_lms_name(tmp_path):
     inner = io.BytesIO()
     with zipfile.ZipFile(inner, "w") as zf:
