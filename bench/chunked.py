@@ -177,11 +177,21 @@ def check_targets(rows: list[dict]) -> dict:
 
 
 def run(out_dir: str | Path = "build/bench", quick: bool = False, device: str | torch.device = "auto",
-        full: bool = True, plot: bool = True) -> dict:
-    """Run the sweep and (unless ``full=False``) the headline size; write ``chunked.json`` and ``chunked.png``."""
+        full: bool = True, plot: bool = True, do_sweep: bool = True, vocab=None, dtypes=None, epsilons=None) -> dict:
+    """Run the sweep and (unless ``full=False``) the headline size; write ``chunked.json`` and ``chunked.png``.
+
+    ``do_sweep=False`` skips the sweep; ``vocab``, ``dtypes`` (names such as "bfloat16") and ``epsilons``
+    keep only those rows, to re-measure a few of them.
+    """
     dev = common.resolve_device(device)
     env = common.environment(dev)
     sweep_cfg, full_cfg = (QUICK_SWEEP, QUICK_FULL) if quick else (SWEEP, FULL)
+    if vocab is not None:
+        sweep_cfg = {**sweep_cfg, "vocab": tuple(v for v in sweep_cfg["vocab"] if v in vocab)}
+    if not do_sweep:
+        sweep_cfg = {**sweep_cfg, "vocab": ()}
+    dtype_list = [d for d in common.dtypes_for(dev) if dtypes is None or common.dtype_name(d) in dtypes]
+    eps_list = [e for e in EPSILONS if epsilons is None or e in epsilons]
     start = time.perf_counter()
     out_dir = Path(out_dir)
     sweep, headline = [], []
@@ -189,23 +199,23 @@ def run(out_dir: str | Path = "build/bench", quick: bool = False, device: str | 
     def progress():  # rows so far, so that an interrupted run keeps what it measured
         common.write_json(out_dir / "chunked.partial.json", {"environment": env, "sweep": sweep, "full": headline})
 
-    for dtype in common.dtypes_for(dev):
-        for eps in EPSILONS:
-            for vocab in sweep_cfg["vocab"]:
-                sweep += measure(sweep_cfg["tokens"], sweep_cfg["hidden"], vocab, dev, dtype, eps, quick=quick)
+    for dtype in dtype_list:
+        for eps in eps_list:
+            for v in sweep_cfg["vocab"]:
+                sweep += measure(sweep_cfg["tokens"], sweep_cfg["hidden"], v, dev, dtype, eps, quick=quick)
                 progress()
     if full:
-        for dtype in common.dtypes_for(dev):
-            for eps in EPSILONS:
+        for dtype in dtype_list:
+            for eps in eps_list:
                 methods = METHODS if (eps == 0.0 or HEADLINE_TORCH_FALLBACK or quick) else ("naive", "course")
-                for vocab in full_cfg["vocab"]:
-                    headline += measure(full_cfg["tokens"], full_cfg["hidden"], vocab, dev, dtype, eps, methods, quick=quick)
+                for v in full_cfg["vocab"]:
+                    headline += measure(full_cfg["tokens"], full_cfg["hidden"], v, dev, dtype, eps, methods, quick=quick)
                     progress()
     data = {
         "benchmark": "chunked",
         "quick": quick,
         "environment": env,
-        "config": {"epsilons": list(EPSILONS), "dtypes": [common.dtype_name(d) for d in common.dtypes_for(dev)],
+        "config": {"epsilons": eps_list, "dtypes": [common.dtype_name(d) for d in dtype_list],
                    "sweep": {**sweep_cfg, "vocab": list(sweep_cfg["vocab"])},
                    "full": {**full_cfg, "vocab": list(full_cfg["vocab"])} if full else None,
                    "slow_s": SLOW_S, "round_budget_s": ROUND_BUDGET_S, "max_rounds": MAX_ROUNDS,
@@ -308,8 +318,13 @@ def plot_results(data: dict, path: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = common.argument_parser(__doc__)
     parser.add_argument("--no-full", dest="full", action="store_false", help="skip the headline size (several GiB)")
+    parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the vocabulary sweep")
+    parser.add_argument("--vocab", type=int, nargs="+", help="only these vocabulary sizes of the sweep")
+    parser.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16", "float16"], help="only these dtypes")
+    parser.add_argument("--eps", type=float, nargs="+", choices=list(EPSILONS), help="only these label smoothings")
     args = parser.parse_args(argv)
-    data = run(args.out, quick=args.quick, device=args.device, full=args.full)
+    data = run(args.out, quick=args.quick, device=args.device, full=args.full, do_sweep=args.sweep, vocab=args.vocab,
+               dtypes=args.dtype, epsilons=args.eps)
     print(table(data))
     return 0
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from utils.chunked_loss import (
+    MIN_CLASSES,
     MIN_TILE_ELEMENTS,
     RESERVED_BYTES,
     WORKSPACE_FRACTION,
@@ -316,11 +317,11 @@ def test_tile_follows_the_sizes():
     assert rows == 4096 and classes % 64 == 0 and 0.8 * WORKSPACE_FRACTION * floor <= rows * classes * 4 <= WORKSPACE_FRACTION * floor
     rows, classes = tile_shape(4096, 1024, 131072, torch.bfloat16)   # a float32 tile and a bf16 copy
     assert rows == 4096 and rows * classes * 6 <= WORKSPACE_FRACTION * floor
-    rows, classes = tile_shape(2048, 256, 8192)                      # a 10 MiB floor: a small tile, fewer rows
-    assert classes == 128 and rows < 2048
+    rows, classes = tile_shape(2048, 256, 8192)                      # a 10 MiB floor: the minimum tile, fewer rows
+    assert classes == MIN_CLASSES and rows < 2048 and rows * classes == MIN_TILE_ELEMENTS
     assert rows * classes * 4 <= max(MIN_TILE_ELEMENTS * 4, WORKSPACE_FRACTION * memory_floor_bytes(2048, 256, 8192) - RESERVED_BYTES)
     assert tile_shape(10, 4, 7) == (10, 7), "tiny problems: one tile"
-    assert tile_shape(10**6, 64, 1000)[1] == 128, "many rows: at least MIN_CLASSES classes, fewer rows"
+    assert tile_shape(10**6, 64, 1000)[1] == MIN_CLASSES, "many rows: at least MIN_CLASSES classes, fewer rows"
     assert tile_shape(0, 4, 7)[0] >= 1 and MIN_TILE_ELEMENTS >= 1024
     assert memory_floor_bytes(2, 3, 5, bias=True, dtype=torch.float64) == 8 * (6 + 15 + 5)
     with pytest.raises(ValueError):
