@@ -196,3 +196,17 @@ def test_unknown_benchmark_is_an_error(tmp_path):
 
     with pytest.raises(SystemExit):
         entry.main(["--only", "nonsense", "--out", str(tmp_path)])
+
+
+def test_chunked_reruns_only_the_rows_asked_for(tmp_path):
+    """``--vocab/--dtype/--eps/--no-sweep`` re-measure a few rows: only those are measured and written."""
+    from bench import chunked
+
+    data = chunked.run(tmp_path, quick=True, device="cpu", full=False, plot=False, vocab=[512], dtypes=["float32"],
+                       epsilons=[0.1])
+    assert {(r["dtype"], r["eps"], r["vocab"]) for r in data["sweep"]} == {("float32", 0.1, 512)}
+    assert [r["method"] for r in data["sweep"]] == list(chunked.METHODS) and data["full"] == []
+    assert data["config"]["dtypes"] == ["float32"] and data["config"]["epsilons"] == [0.1]
+    assert (tmp_path / "chunked.json").exists()
+    data = chunked.run(tmp_path, quick=True, device="cpu", do_sweep=False, plot=False, dtypes=["float32"], epsilons=[0.0])
+    assert data["sweep"] == [] and {(r["dtype"], r["eps"]) for r in data["full"]} == {("float32", 0.0)}
