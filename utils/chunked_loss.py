@@ -77,6 +77,10 @@ MIN_TILE_ELEMENTS = 1 << 18
 about 20 tensor operations, and on the course's 2-core CPU at N x H x V = 2048 x 256 x 8192 (a
 10 MiB floor) the 15 % rule's 256 x 128 tiles took 0.9x (fp32) and 2.6x (bf16) the naive time,
 1024 x 256 tiles 0.6-0.7x and 0.8x at 1.06-1.20x the floor. Tiny problems use one tile."""
+MIN_TILE_FRACTION = 0.1
+"""...but the minimum tile's float32 block takes at most this fraction of the floor (and no less than
+32k logits, so that tiny problems are one tile): at N x H x V = 1024 x 128 x 16384 (lecture 08, an
+8.5 MiB floor) a 1024 x 256 tile measured 1.13-1.25x the floor, 512 x 256 1.11-1.12x."""
 MIN_CLASSES = 256
 """A tile narrower than this makes the matrix products inefficient: fewer rows instead (bf16
 2048 x 128 tiles measured 1.3x the floor and slower than 1024 x 256 ones)."""
@@ -103,7 +107,9 @@ def tile_shape(tokens: int, hidden: int, vocab: int, dtype: torch.dtype = torch.
     The tile's buffers (a float32 block, plus a low-precision copy for bf16/fp16 inputs) take
     about ``fraction`` of :func:`memory_floor_bytes`, less :data:`RESERVED_BYTES`. All rows at once when that leaves at least
     :data:`MIN_CLASSES` classes per tile (then ``dL/dW`` of a class tile is one matrix product),
-    otherwise :data:`MIN_CLASSES` classes and as many rows as fit.
+    otherwise :data:`MIN_CLASSES` classes and as many rows as fit, in row chunks of equal size. No
+    tile is smaller than :data:`MIN_TILE_ELEMENTS` logits or :data:`MIN_TILE_FRACTION` of the floor,
+    whichever is less (per-tile overhead).
     """
     if tokens < 0 or hidden < 1 or vocab < 1 or not 0 < fraction:
         raise ValueError(f"need tokens >= 0, hidden >= 1, vocab >= 1, fraction > 0; got {tokens}, {hidden}, {vocab}, {fraction}")
@@ -111,8 +117,10 @@ def tile_shape(tokens: int, hidden: int, vocab: int, dtype: torch.dtype = torch.
     per_element = torch.empty((), dtype=acc).element_size()
     if dtype != acc:
         per_element += torch.empty((), dtype=dtype).element_size()
-    share = int(fraction * memory_floor_bytes(tokens, hidden, vocab, bias, dtype)) - RESERVED_BYTES
-    budget = max(MIN_TILE_ELEMENTS, share // per_element)
+    floor = memory_floor_bytes(tokens, hidden, vocab, bias, dtype)
+    share = int(fraction * floor) - RESERVED_BYTES
+    smallest = max(1 << 15, min(MIN_TILE_ELEMENTS, int(MIN_TILE_FRACTION * floor) // torch.empty((), dtype=acc).element_size()))
+    budget = max(smallest, share // per_element)
     rows = max(tokens, 1)
     classes = budget // rows
     if classes >= min(vocab, MIN_CLASSES):
@@ -121,7 +129,12 @@ def tile_shape(tokens: int, hidden: int, vocab: int, dtype: torch.dtype = torch.
             classes -= classes % 64  # whole SIMD/BLAS panels
         return rows, classes
     classes = min(vocab, MIN_CLASSES)
-    return max(1, min(rows, budget // classes)), classes
+    rows = max(1, min(rows, budget // classes))
+    if rows < tokens:  # row chunks of equal size (a short last chunk measured slow in bf16)
+        rows = -(-tokens // -(-tokens // rows))
+        if rows > 64:
+            rows -= rows % 64
+    return rows, classes
 
 
 # ----------------------------------------------------------------------------------- checking
