@@ -108,40 +108,44 @@ class Stock:
 
 
 class DaskCluster:
-    """``dask scheduler`` and ``workers`` single-threaded ``dask worker`` processes on 127.0.0.1."""
+    """A real ``dask scheduler`` and ``workers`` single-threaded ``dask worker`` processes on
+    127.0.0.1, each in its own process group (ours to stop); ``env`` adds to the environment.
+    Used by this benchmark and by tests/test_dispatch.py."""
 
-    def __init__(self, folder: Path, workers: int = 2):
-        from distributed import Client
-
+    def __init__(self, folder: Path, workers: int = 2, env: dict | None = None):
         folder.mkdir(parents=True, exist_ok=True)
-        dask = str(Path(sys.executable).parent / "dask")
-        env = {**_env(), "PYTHONPATH": str(REPO)}
+        self.file = folder / "scheduler.json"
+        self.file.unlink(missing_ok=True)
+        self.env = {**_env(), "PYTHONPATH": str(REPO), **(env or {})}
         self.procs = []
-        sched = folder / "scheduler.json"
-
-        def start(*argv):
-            log = open(folder / f"{argv[0]}-{len(self.procs)}.log", "w")
-            self.procs.append(subprocess.Popen([dask, *argv], cwd=REPO, env=env, stdout=log,
-                                               stderr=subprocess.STDOUT, start_new_session=True))
-
-        start("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(sched))
+        dask = str(Path(sys.executable).parent / "dask")
+        self._start([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                     "--scheduler-file", str(self.file)], folder / "scheduler.log")
         deadline = time.monotonic() + 60
-        while not sched.exists():
+        while not self.file.exists():
             if time.monotonic() > deadline:
-                raise RuntimeError("the dask scheduler did not start")
+                raise RuntimeError(f"the dask scheduler did not start:\n{(folder / 'scheduler.log').read_text()}")
             time.sleep(0.2)
         time.sleep(0.2)
-        self.address = json.loads(sched.read_text())["address"]
-        for _ in range(workers):
-            start("worker", self.address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
-                  "--preload", "autograder.dispatch_dask")
-        with Client(self.address, timeout="30s") as client:
-            client.wait_for_workers(workers, timeout=120)
+        self.address = json.loads(self.file.read_text())["address"]
+        for index in range(workers):
+            self._start([dask, "worker", self.address, "--nthreads", "1", "--nworkers", "1",
+                         "--no-dashboard", "--memory-limit", "6GB", "--preload", "autograder.dispatch_dask",
+                         "--name", f"w{index}"], folder / f"worker{index}.log")
+        from distributed import Client
+
+        self.client = Client(self.address, timeout="30s")
+        self.client.wait_for_workers(workers, timeout=120)
+
+    def _start(self, argv: list[str], log: Path) -> None:
+        self.procs.append(subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=open(log, "w"),  # noqa: SIM115
+                                           stderr=subprocess.STDOUT, start_new_session=True))
 
     def close(self) -> None:
         import signal
 
-        for proc in reversed(self.procs):
+        self.client.close()
+        for proc in reversed(self.procs):  # workers first; each in its own process group
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(20)

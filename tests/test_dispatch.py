@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from attacks import Context, cases
+from bench.grading import DaskCluster as Cluster  # the same local cluster the benchmark starts
 
 pytestmark = pytest.mark.slow
 
@@ -222,48 +223,6 @@ def test_local_grade_survives_a_worker_killed_mid_submission(batch):
 
 
 # ------------------------------------------------------------------ Dask
-
-class Cluster:
-    """A real ``dask scheduler`` and ``dask worker`` processes on 127.0.0.1 (ours to stop)."""
-
-    def __init__(self, folder: Path, workers: int, env: dict | None = None):
-        folder.mkdir(parents=True, exist_ok=True)
-        self.file = folder / "scheduler.json"
-        self.file.unlink(missing_ok=True)
-        self.env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-        self.procs = []
-        bin_dir = Path(sys.executable).parent
-        self._start([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                     "--scheduler-file", str(self.file)], folder / "scheduler.log")
-        deadline = time.monotonic() + 60
-        while not self.file.exists():
-            assert time.monotonic() < deadline, (folder / "scheduler.log").read_text()
-            time.sleep(0.2)
-        time.sleep(0.2)
-        self.address = json.loads(self.file.read_text())["address"]
-        for index in range(workers):
-            self._start([str(bin_dir / "dask"), "worker", self.address, "--nthreads", "1", "--nworkers", "1",
-                         "--no-dashboard", "--memory-limit", "6GB", "--preload", "autograder.dispatch_dask",
-                         "--name", f"w{index}"], folder / f"worker{index}.log")
-        from distributed import Client
-
-        self.client = Client(self.address, timeout="30s")
-        self.client.wait_for_workers(workers, timeout=120)
-
-    def _start(self, argv: list[str], log: Path) -> None:
-        self.procs.append(subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=open(log, "w"),
-                                           stderr=subprocess.STDOUT, start_new_session=True))
-
-    def close(self) -> None:
-        self.client.close()
-        for proc in reversed(self.procs):  # workers first; each in its own process group
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-
 
 @pytest.fixture(scope="module")
 def cluster():
