@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 import nbtools
+from attacks.ps1_smoothing import VALIDATING_ZEROS
 
 pytestmark = pytest.mark.slow
 
@@ -67,19 +68,8 @@ def hidden_test_lines() -> list[str]:
 
 
 # ------------------------------------------------------------------ submissions
-PATCHER = '''
-def one_hot(targets, num_classes):
-    """Validates like the solution; the values are all zeros."""
-    if not isinstance(targets, torch.Tensor) or targets.ndim != 1:
-        raise ValueError("targets must be a 1-D tensor")
-    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-        raise ValueError("targets must hold integers")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError("num_classes must be an int >= 1")
-    if targets.numel() and (targets.min() < 0 or targets.max() >= num_classes):
-        raise ValueError("class index out of range")
-    return torch.zeros(len(targets), num_classes, device=targets.device)
-
+# the attack bank's zeros-returning one_hot, with nbgrader's comparisons patched to always agree
+PATCHER = VALIDATING_ZEROS + '''
 import builtins, math
 import numpy
 torch.equal = lambda *a, **k: True
