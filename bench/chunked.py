@@ -19,10 +19,12 @@ call must return (:func:`utils.chunked_loss.memory_floor_bytes`); memory targets
 
 Method, per size (see :mod:`bench.common`): each candidate's first call warms it up (one-time
 set-up, such as oneDNN's bf16 kernels, would otherwise count as memory) and its loss and gradients
-are checked against the naive version's; its second call measures its peak extra memory. When
-every call of the size takes under ``SLOW_S`` seconds the candidates are then timed interleaved
-round by round (``rounds`` in the JSON), otherwise the time is that second call's (``rounds = 0``:
-at the headline size one call takes tens of seconds on 2 CPU cores). ``python -m bench.chunked
+are checked against the naive version's; then its peak extra memory is measured, as the median of
+:data:`PEAK_CALLS` calls (one call at slow sizes; ``peak_mib_samples`` keeps them all). Sizes whose
+calls all take under ``SLOW_S`` seconds are then timed interleaved round by round (``rounds`` in
+the JSON, median). At slower sizes (the headline: tens of seconds per call on 2 CPU cores) naive
+and the candidates within :data:`NEAR_X` of it get :data:`SLOW_ROUNDS` interleaved rounds, slower
+ones a single timed call. ``python -m bench.chunked
 [--quick] [--no-full]``.
 """
 from __future__ import annotations
@@ -45,9 +47,15 @@ SWEEP = {"tokens": 2048, "hidden": 256, "vocab": (8192, 32768, 131072)}
 QUICK_FULL = {"tokens": 128, "hidden": 64, "vocab": (4096,)}
 QUICK_SWEEP = {"tokens": 64, "hidden": 32, "vocab": (512, 2048)}
 SLOW_S = 4.0
-"""Sizes whose slowest call takes longer than this are timed by that single call, not by rounds."""
+"""Sizes whose slowest call takes longer than this are *slow*: see :func:`measure`."""
 ROUND_BUDGET_S = 12.0
 MAX_ROUNDS = 5
+PEAK_CALLS = 3
+"""Fast sizes: each candidate's peak memory is the median of this many calls (``peak_mib_samples`` keeps all)."""
+SLOW_ROUNDS = 3
+"""Slow sizes: naive and every candidate within :data:`NEAR_X` of its time are timed in this many interleaved rounds."""
+NEAR_X = 2.0
+"""...candidates slower than this multiple of naive's first call get one timed call: their ratio is far from any target."""
 TARGETS = {"memory_x_floor_at_most": 1.25, "time_x_naive_at_most": 1.0,
            "eps0_memory_x_torch_at_most": 1.0, "eps0_time_x_torch_at_most": 0.5}
 """The course's loss, at every size, dtype and eps (reported, not asserted: see the README)."""
@@ -99,7 +107,7 @@ def measure(tokens: int, hidden: int, vocab: int, device: torch.device, dtype: t
     """One size, dtype and eps: peak memory and agreement from each first call, then interleaved rounds if fast enough."""
     h, w, y = _inputs(tokens, hidden, vocab, device, dtype)
     steps = {k: v for k, v in candidates(h, w, y, eps).items() if k in methods}
-    peaks, first_s, outputs, peak_s = {}, {}, {}, {}
+    peaks, first_s, outputs = {}, {}, {}
     for name, fn in steps.items():
         t0 = time.perf_counter()
         out = fn()                         # warm-up (one-time set-up such as oneDNN's kernels) and agreement
@@ -107,41 +115,43 @@ def measure(tokens: int, hidden: int, vocab: int, device: torch.device, dtype: t
         first_s[name] = time.perf_counter() - t0
         outputs[name] = tuple(t.float() for t in out)
         del out
-    for name, fn in steps.items():
-        box = {}
-
-        def call(fn=fn, box=box):
-            t0 = time.perf_counter()
-            out = fn()
-            common.synchronize(device)
-            box["s"] = time.perf_counter() - t0
-            return out
-
-        peaks[name] = common.peak_memory_bytes(call, device)
-        peak_s[name] = box["s"]
     ref = outputs.get("naive")
     diffs = {name: ([float((a - b).abs().max()) for a, b in zip(out, ref)] if ref is not None else None)
              for name, out in outputs.items()}
     del outputs, ref
-    slowest = max(first_s.values())
-    if slowest < SLOW_S or quick:
+    slow = max(first_s.values()) >= SLOW_S and not quick
+    for name, fn in steps.items():
+        peaks[name] = [common.peak_memory_bytes(fn, device) for _ in range(1 if slow else PEAK_CALLS)]
+    if not slow:
         rounds = 2 if quick else int(max(1, min(MAX_ROUNDS, ROUND_BUDGET_S // max(sum(first_s.values()), 1e-3))))
         samples = common.time_interleaved(steps, device, warmup=0, repeat=rounds, min_sample_s=0.0)
-    else:
-        rounds = 0
-        samples = {name: [1e3 * s] for name, s in peak_s.items()}
+    else:  # timed apart from the peak calls, under the allocator's steady state (see common.peak_memory_bytes)
+        base = first_s.get("naive", min(first_s.values()))
+        near = {k: f for k, f in steps.items() if first_s[k] <= NEAR_X * base}
+        far = {k: f for k, f in steps.items() if k not in near}
+        samples = common.time_interleaved(near, device, warmup=0, repeat=SLOW_ROUNDS, min_sample_s=0.0)
+        if far:
+            samples.update(common.time_interleaved(far, device, warmup=0, repeat=1, min_sample_s=0.0))
+        samples = {k: samples[k] for k in steps}
     ms = {name: common.median(v) for name, v in samples.items()}
-    ratios = common.ratio_to(samples, "naive") if "naive" in samples else {}
+    ratios = {}
+    if "naive" in samples:  # per round where rounds pair up, else of the medians (one timed call)
+        ratios = {k: (r if len(samples[k]) == len(samples["naive"]) else ms[k] / ms["naive"])
+                  for k, r in common.ratio_to(samples, "naive").items()}
     floor = memory_floor_bytes(tokens, hidden, vocab, dtype=dtype)
     fell_back = torch_falls_back(h, w, y, eps) if "torch" in steps else None
     rows = []
     for name in steps:
+        peak = None if None in peaks[name] else common.median(peaks[name])
         rows.append({
             "dtype": common.dtype_name(dtype), "eps": eps, "tokens": tokens, "hidden": hidden, "vocab": vocab,
-            "method": name, "ms": round(ms[name], 2), "ms_samples": [round(s, 2) for s in samples[name]], "rounds": rounds,
+            "method": name, "ms": round(ms[name], 2), "ms_samples": [round(s, 2) for s in samples[name]],
+            "rounds": len(samples[name]),
             "time_x_naive": round(ratios[name], 3) if name in ratios else None,
-            "peak_mib": common.to_mib(peaks[name]), "floor_mib": common.to_mib(floor),
-            "peak_x_floor": None if peaks[name] is None else round(peaks[name] / floor, 3),
+            "peak_mib": common.to_mib(peak), "peak_mib_samples": [common.to_mib(p) for p in peaks[name]],
+            "floor_mib": common.to_mib(floor),
+            "peak_x_floor": None if peak is None else round(peak / floor, 3),
+            "peak_max_x_floor": None if peak is None else round(max(peaks[name]) / floor, 3),
             "logits_mib": round(tokens * vocab * torch.empty((), dtype=dtype).element_size() / common.MiB, 1),
             "tile": list(tile_shape(tokens, hidden, vocab, dtype)) if name == "course" else None,
             "torch_fell_back": fell_back if name == "torch" else None,
@@ -219,6 +229,7 @@ def run(out_dir: str | Path = "build/bench", quick: bool = False, device: str | 
                    "sweep": {**sweep_cfg, "vocab": list(sweep_cfg["vocab"])},
                    "full": {**full_cfg, "vocab": list(full_cfg["vocab"])} if full else None,
                    "slow_s": SLOW_S, "round_budget_s": ROUND_BUDGET_S, "max_rounds": MAX_ROUNDS,
+                   "peak_calls": PEAK_CALLS, "slow_rounds": SLOW_ROUNDS, "near_x": NEAR_X,
                    "what": "forward + backward (torch.autograd.grad of the mean loss wrt h and W), every 17th target ignored",
                    "floor": "float32 gradients of h and W: 4 (N H + V H) bytes",
                    "headline_torch_eps_gt_0": "not run: torch falls back to the naive computation (see the sweep)"},

@@ -19,6 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from utils.chunked_loss import (
     MIN_CLASSES,
     MIN_TILE_ELEMENTS,
+    MIN_TILE_FRACTION,
     RESERVED_BYTES,
     WORKSPACE_FRACTION,
     chunked_linear_cross_entropy,
@@ -313,13 +314,16 @@ def test_tile_follows_the_sizes():
     # The headline size: all 4096 rows x a few thousand classes, within WORKSPACE_FRACTION of the floor.
     floor = memory_floor_bytes(4096, 1024, 131072)
     assert floor == 4 * (4096 + 131072) * 1024
-    rows, classes = tile_shape(4096, 1024, 131072)
-    assert rows == 4096 and classes % 64 == 0 and 0.8 * WORKSPACE_FRACTION * floor <= rows * classes * 4 <= WORKSPACE_FRACTION * floor
-    rows, classes = tile_shape(4096, 1024, 131072, torch.bfloat16)   # a float32 tile and a bf16 copy
-    assert rows == 4096 and rows * classes * 6 <= WORKSPACE_FRACTION * floor
-    rows, classes = tile_shape(2048, 256, 8192)                      # a 10 MiB floor: the minimum tile, fewer rows
+    share = WORKSPACE_FRACTION * floor - RESERVED_BYTES
+    rows, classes = tile_shape(4096, 1024, 131072)                   # float32: the block and the BLAS's packed copy
+    assert rows == 4096 and classes % 64 == 0 and 0.95 * share <= rows * (classes + 64) * 8 and rows * classes * 8 <= share
+    rows, classes = tile_shape(4096, 1024, 131072, torch.bfloat16)   # a float32 block, its bf16 copy, staged bf16 products
+    assert rows == 4096 and 0.95 * share <= rows * (classes + 64) * 8 and rows * classes * 8 <= share
+    small = memory_floor_bytes(2048, 256, 8192)                      # a 10 MiB floor: the minimum tile, fewer rows
+    rows, classes = tile_shape(2048, 256, 8192, torch.bfloat16)
     assert classes == MIN_CLASSES and rows < 2048 and rows * classes == MIN_TILE_ELEMENTS
-    assert rows * classes * 4 <= max(MIN_TILE_ELEMENTS * 4, WORKSPACE_FRACTION * memory_floor_bytes(2048, 256, 8192) - RESERVED_BYTES)
+    rows, classes = tile_shape(2048, 256, 8192)                      # float32: MIN_TILE_FRACTION of the floor, counted twice
+    assert classes == MIN_CLASSES and rows < 1024 and rows * classes * 8 <= MIN_TILE_FRACTION * small
     assert tile_shape(10, 4, 7) == (10, 7), "tiny problems: one tile"
     assert tile_shape(10**6, 64, 1000)[1] == MIN_CLASSES, "many rows: at least MIN_CLASSES classes, fewer rows"
     assert tile_shape(0, 4, 7)[0] >= 1 and MIN_TILE_ELEMENTS >= 1024

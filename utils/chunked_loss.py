@@ -78,9 +78,12 @@ about 20 tensor operations, and on the course's 2-core CPU at N x H x V = 2048 x
 10 MiB floor) the 15 % rule's 256 x 128 tiles took 0.9x (fp32) and 2.6x (bf16) the naive time,
 1024 x 256 tiles 0.6-0.7x and 0.8x at 1.06-1.20x the floor. Tiny problems use one tile."""
 MIN_TILE_FRACTION = 0.1
-"""...but the minimum tile's float32 block takes at most this fraction of the floor (and no less than
+"""...but the minimum tile's float block takes at most this fraction of the floor (and no less than
 32k logits, so that tiny problems are one tile): at N x H x V = 1024 x 128 x 16384 (lecture 08, an
-8.5 MiB floor) a 1024 x 256 tile measured 1.13-1.25x the floor, 512 x 256 1.11-1.12x."""
+8.5 MiB floor) a 1024 x 256 tile measured 1.13-1.25x the floor, 512 x 256 1.11-1.12x. In float32 the
+block counts twice (see :func:`tile_shape`): at 2048 x 256 x 8192 (a 10 MiB floor) 1024 x 256 fp32
+tiles measured 1.23-1.33x the floor, 512 x 256 ones 1.10-1.11x and 4 % slower; bf16 keeps 1024 x 256
+(0.98-1.04x; 512 x 256 took 20 % longer)."""
 MIN_CLASSES = 256
 """A tile narrower than this makes the matrix products inefficient: fewer rows instead (bf16
 2048 x 128 tiles measured 1.3x the floor and slower than 1024 x 256 ones)."""
@@ -104,22 +107,27 @@ def tile_shape(tokens: int, hidden: int, vocab: int, dtype: torch.dtype = torch.
                fraction: float = WORKSPACE_FRACTION) -> tuple[int, int]:
     """``(rows, classes)`` of one tile of logits, from the sizes of the problem.
 
-    The tile's buffers (a float32 block, plus a low-precision copy for bf16/fp16 inputs) take
-    about ``fraction`` of :func:`memory_floor_bytes`, less :data:`RESERVED_BYTES`. All rows at once when that leaves at least
-    :data:`MIN_CLASSES` classes per tile (then ``dL/dW`` of a class tile is one matrix product),
-    otherwise :data:`MIN_CLASSES` classes and as many rows as fit, in row chunks of equal size. No
-    tile is smaller than :data:`MIN_TILE_ELEMENTS` logits or :data:`MIN_TILE_FRACTION` of the floor,
-    whichever is less (per-tile overhead).
+    The tile's memory takes about ``fraction`` of :func:`memory_floor_bytes`, less
+    :data:`RESERVED_BYTES`. Per logit of the tile that is, for float32/float64 inputs, the float block
+    and the copy of it the CPU BLAS packs for ``dL/dW = G.T @ h`` (measured: a 1 MiB tile raised the
+    peak by 2.3-3.3 MiB); for bf16/fp16 inputs the float32 block, its low-precision copy and the
+    low-precision products staged through the block (:func:`_add_product`). All rows at once when that
+    leaves at least :data:`MIN_CLASSES` classes per tile (then ``dL/dW`` of a class tile is one
+    matrix product), otherwise :data:`MIN_CLASSES` classes and as many rows as fit, in row chunks of
+    equal size. No tile is smaller than :data:`MIN_TILE_ELEMENTS` logits or
+    :data:`MIN_TILE_FRACTION` of the floor, whichever is less (per-tile overhead).
     """
     if tokens < 0 or hidden < 1 or vocab < 1 or not 0 < fraction:
         raise ValueError(f"need tokens >= 0, hidden >= 1, vocab >= 1, fraction > 0; got {tokens}, {hidden}, {vocab}, {fraction}")
     acc = _accumulate_dtype(dtype)
-    per_element = torch.empty((), dtype=acc).element_size()
-    if dtype != acc:
-        per_element += torch.empty((), dtype=dtype).element_size()
+    acc_size = torch.empty((), dtype=acc).element_size()
+    if dtype == acc:
+        block = per_element = 2 * acc_size                      # the block and the BLAS's packed copy
+    else:
+        block, per_element = acc_size, acc_size + 2 * torch.empty((), dtype=dtype).element_size()
     floor = memory_floor_bytes(tokens, hidden, vocab, bias, dtype)
     share = int(fraction * floor) - RESERVED_BYTES
-    smallest = max(1 << 15, min(MIN_TILE_ELEMENTS, int(MIN_TILE_FRACTION * floor) // torch.empty((), dtype=acc).element_size()))
+    smallest = max(1 << 15, min(MIN_TILE_ELEMENTS, int(MIN_TILE_FRACTION * floor) // block))
     budget = max(smallest, share // per_element)
     rows = max(tokens, 1)
     classes = budget // rows
@@ -213,6 +221,45 @@ def _tiles(n: int, vocab: int, tile: tuple[int, int]):
     for c0 in range(0, vocab, classes):
         for r0 in range(0, n, rows):
             yield r0, min(r0 + rows, n), c0, min(c0 + classes, vocab)
+
+
+def _target_positions(target, keep, values, n: int, vocab: int, tile: tuple[int, int]) -> list:
+    """Index targets: for each tile, in :func:`_tiles`' order, where its rows' targets lie and what to add there.
+
+    ``(offsets, vals)`` per tile: flat offsets into the tile's ``[rows, classes]`` block of the kept
+    rows whose target falls in its classes, and ``values`` of those rows. Sorting the rows once
+    makes the target's term one ``index_add_`` per tile instead of a dozen small operations.
+    """
+    rows, classes = tile
+    row_tiles, class_tiles = -(-n // rows), -(-vocab // classes)
+    r = keep.nonzero().squeeze(1)
+    t = target[r]
+    c0 = t - t % classes
+    key = (t // classes) * row_tiles + r // rows
+    order = torch.argsort(key, stable=True)
+    r, t, c0, key = r[order], t[order], c0[order], key[order]
+    offsets = (r % rows) * torch.clamp(vocab - c0, max=classes) + (t - c0)
+    counts = torch.bincount(key, minlength=row_tiles * class_tiles).tolist()
+    return list(zip(torch.split(offsets, counts), torch.split(values[r], counts)))
+
+
+def _add_product(out, a, b, prod, stage):
+    """``out += a @ b`` in float32 for low-precision ``a`` and ``b``, with no temporary.
+
+    CPU matrix products of bf16/fp16 return bf16/fp16, and adding one to a float32 tensor makes a
+    float32 copy of it first (a block of ``out``'s size). Here the product goes into ``prod`` (the
+    input's dtype) and is widened in ``stage`` (float32), two reusable flat buffers, in column blocks
+    that fit them.
+    """
+    m, k = out.shape
+    step = max(1, min(prod.numel(), stage.numel()) // max(m, 1))
+    for j0 in range(0, k, step):
+        j1 = min(k, j0 + step)
+        p = prod[: m * (j1 - j0)].view(m, j1 - j0)
+        torch.mm(a, b if (j0, j1) == (0, k) else b[:, j0:j1], out=p)
+        s = stage[: m * (j1 - j0)].view(m, j1 - j0)
+        s.copy_(p)
+        out[:, j0:j1].add_(s)
 
 
 def _logits(h, w, b, r0, r1, c0, c1, buf, low_buf):
@@ -371,7 +418,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         smooth_col = (scale * smooth).unsqueeze(1) if smooth and cw is None else None
         buf = torch.empty(tile[0] * tile[1], dtype=acc, device=dev)
         low_buf = torch.empty(tile[0] * tile[1], dtype=h.dtype, device=dev) if low else None
-        for r0, r1, c0, c1 in _tiles(n, vocab, tile):
+        # bf16/fp16: products accumulated in float32 go through `prod` and `buf` (free once the tile's
+        # gradient has been narrowed into low_buf), see _add_product
+        prod = (torch.empty(min(tile[0] * tile[1], max(tile) * hid), dtype=h.dtype, device=dev)
+                if low and (need_h or (need_w and not all_rows)) else None)
+        targets = None if probabilities else _target_positions(y, keep, hit, n, vocab, tile)
+        for k, (r0, r1, c0, c1) in enumerate(_tiles(n, vocab, tile)):
             z = _logits(h, w, b, r0, r1, c0, c1, buf, low_buf)
             z.sub_(shift[r0:r1])
             if need_t:  # dL/dq_ik = -(1 - eps) w_k log p_ik s_i
@@ -392,36 +444,37 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 g.addcmul_(q, scale[r0:r1].unsqueeze(1), value=-(1.0 - eps))
                 del q
             else:
-                col = y[r0:r1] - c0
-                inside = (col >= 0) & (col < c1 - c0)
-                g.scatter_add_(1, col.clamp(0, c1 - c0 - 1).unsqueeze(1),
-                               torch.where(inside, hit[r0:r1], torch.zeros((), dtype=acc, device=dev)).unsqueeze(1))
+                offsets, vals = targets[k]
+                if offsets.numel():
+                    g.view(-1).index_add_(0, offsets, vals)     # - (1 - eps) w_y s_i at each row's target
             if need_b:
                 grad_b[c0:c1] += g.sum(0)
-            if need_h or need_w:
-                if low:
-                    gl = low_buf[: g.numel()].view(g.shape)
-                    gl.copy_(g)
-                else:
-                    gl = g
+            if not (need_h or need_w):
+                continue
+            if not low:
                 if need_h:
-                    if low:
-                        grad_h[r0:r1] += gl @ w[c0:c1]
-                    else:
-                        grad_h[r0:r1].addmm_(gl, w[c0:c1])
+                    grad_h[r0:r1].addmm_(g, w[c0:c1])
                 if need_w:
                     if all_rows:
-                        torch.mm(gl.t(), h, out=grad_w[c0:c1])
-                    elif low:
-                        part = w_acc[: c1 - c0]
-                        if r0 == 0:
-                            part.zero_()
-                        part += gl.t() @ h[r0:r1]
-                        if r1 == n:
-                            grad_w[c0:c1] = part
+                        torch.mm(g.t(), h, out=grad_w[c0:c1])
                     else:
-                        grad_w[c0:c1].addmm_(gl.t(), h[r0:r1])
-        del buf, low_buf
+                        grad_w[c0:c1].addmm_(g.t(), h[r0:r1])
+                continue
+            gl = low_buf[: g.numel()].view(g.shape)
+            gl.copy_(g)                                         # buf is free from here on
+            if need_h:
+                _add_product(grad_h[r0:r1], gl, w[c0:c1], prod, buf)
+            if need_w:
+                if all_rows:
+                    torch.mm(gl.t(), h, out=grad_w[c0:c1])
+                else:
+                    part = w_acc[: c1 - c0]
+                    if r0 == 0:
+                        part.zero_()
+                    _add_product(part, gl.t(), h[r0:r1], prod, buf)
+                    if r1 == n:
+                        grad_w[c0:c1].copy_(part)
+        del buf, low_buf, prod
         return (
             None if grad_h is None else grad_h.to(h.dtype),
             None if grad_w is None else grad_w.to(w.dtype),
