@@ -50,6 +50,7 @@ def _env() -> dict:
         env.setdefault(var, str(state / sub))
         Path(env[var]).mkdir(parents=True, exist_ok=True)
     env.setdefault("MPLBACKEND", "Agg")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # kernels share the cores by design (see bench/__init__)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
 
