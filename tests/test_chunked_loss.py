@@ -217,6 +217,22 @@ def test_low_precision_accumulates_in_float32(dtype, eps):
         assert err <= max(1.5 * err_ref, 4e-3), f"{dtype} {name}: relative error {err:.2e}, torch's reference path {err_ref:.2e}"
 
 
+def test_low_precision_products_wider_than_a_tile():
+    """bf16 products summed in float32 go through the tile's buffers in column blocks when H exceeds the tile's width."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(40, 96, generator=gen).bfloat16().requires_grad_()
+    w = (torch.randn(70, 96, generator=gen) / 10).bfloat16().requires_grad_()
+    y = torch.randint(0, 70, (40,), generator=gen)
+    y[::5] = -100
+    tile = (16, 32)                                   # 3 row chunks x 3 class tiles, H = 96 > 32 classes
+    ours = torch.autograd.grad(linear_cross_entropy(x, w, y, label_smoothing=0.1, tile=tile), (x, w))
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    truth = torch.autograd.grad(F.linear_cross_entropy(x64, w64, y, label_smoothing=0.1), (x64, w64))
+    for name, o, t in zip(("grad h", "grad W"), ours, truth):
+        err = ((o.double() - t).norm() / t.norm()).item()
+        assert err < 1e-2, f"{name}: relative error {err:.2e}"
+
+
 # ---------------------------------------------------------------- memory, routes, no_grad
 
 
