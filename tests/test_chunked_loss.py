@@ -190,6 +190,20 @@ def test_degenerate_batches_match_torch():
         assert torch.all(g == 0), "no kept row: zero gradient, as torch"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tile", [None, (2, 2)])
+def test_an_empty_batch_gives_zero_gradients(dtype, tile):
+    """N = 0: no tile runs, and dL/dW (and dL/db) must still come back as zeros, not uninitialised memory."""
+    x = torch.randn(0, 3, dtype=dtype, requires_grad=True)
+    w = torch.randn(5, 3, dtype=dtype, requires_grad=True)
+    b = torch.randn(5, dtype=dtype, requires_grad=True)
+    y = torch.zeros(0, dtype=torch.long)
+    for reduction in ("sum", "none"):
+        loss = linear_cross_entropy(x, w, y, linear_bias=b, label_smoothing=0.1, reduction=reduction, tile=tile)
+        gx, gw, gb = torch.autograd.grad(loss.sum(), (x, w, b))
+        assert gx.shape == (0, 3) and torch.all(gw == 0) and torch.all(gb == 0), (gw, gb)
+
+
 # ------------------------------------------------------------------------------ low precision
 
 

@@ -401,7 +401,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # float32 accumulation over row chunks: in dL/dW itself (float32/64), or, for bf16/fp16, in
             # a [classes, H] float32 buffer per class tile, written into the low-precision result when
             # the tile's last row chunk is done (no [V, H] float32 copy beside the result)
-            grad_w = torch.empty_like(w) if (all_rows or low) else torch.zeros((vocab, hid), dtype=acc, device=dev)
+            if n == 0:  # no tile runs: nothing would write dL/dW
+                grad_w = torch.zeros_like(w)
+            elif all_rows or low:
+                grad_w = torch.empty_like(w)
+            else:
+                grad_w = torch.zeros((vocab, hid), dtype=acc, device=dev)
             w_acc = torch.zeros((tile[1], hid), dtype=acc, device=dev) if (low and not all_rows) else None
         else:
             grad_w = None
