@@ -294,36 +294,50 @@ def markdown(data: dict) -> str:
 
 
 def plot_results(data: dict, path: str | Path) -> Path:
-    """Peak memory as a multiple of the floor (left) and time relative to naive (right) against V, per dtype and eps."""
+    """Peak memory as a multiple of the floor (left) and time relative to naive (right) against V.
+
+    Colour is the method, line and marker the dtype and eps; one legend for both panels, below them.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     from utils.plotting import set_style
 
     set_style()
-    fig, (ax_m, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_m, ax_t) = plt.subplots(1, 2, figsize=(11, 4.6))
     colors = {"naive": "C0", "torch": "C1", "course": "C2"}
     styles = {("float32", 0.0): ("-", "o"), ("float32", 0.1): ("--", "o"), ("bfloat16", 0.0): ("-", "s"), ("bfloat16", 0.1): ("--", "s")}
+    shown = set()
     for (dt, eps), (ls, marker) in styles.items():
         for method in METHODS:
             rs = [r for r in data["sweep"] if r["method"] == method and r["dtype"] == dt and r["eps"] == eps]
             if not rs:
                 continue
+            shown.add((dt, eps))
             vs = [r["vocab"] for r in rs]
-            label = f"{method} {dt} eps={eps}"
             if all(r["peak_x_floor"] is not None for r in rs):
-                ax_m.plot(vs, [r["peak_x_floor"] for r in rs], ls=ls, marker=marker, color=colors[method], label=label)
-            ax_t.plot(vs, [r["time_x_naive"] for r in rs], ls=ls, marker=marker, color=colors[method], label=label)
+                ax_m.plot(vs, [r["peak_x_floor"] for r in rs], ls=ls, marker=marker, color=colors[method])
+            ax_t.plot(vs, [r["time_x_naive"] for r in rs], ls=ls, marker=marker, color=colors[method])
     ax_m.axhline(TARGETS["memory_x_floor_at_most"], color="grey", lw=0.8, ls=":")
     ax_t.axhline(1.0, color="grey", lw=0.8, ls=":")
     cfg = data["config"]["sweep"]
     title = f"N = {cfg['tokens']}, H = {cfg['hidden']}"
-    ax_m.set(xscale="log", yscale="log", xlabel="vocabulary V", ylabel="peak extra memory / floor", title=f"memory, {title}")
-    ax_t.set(xscale="log", yscale="log", xlabel="vocabulary V", ylabel="time / naive time", title=f"time, {title}")
-    ax_m.legend(fontsize=6, ncol=2)
-    return common.save_figure(fig, path, legend_fontsize=6)
+    ax_m.set(xscale="log", yscale="log", xlabel="vocabulary V", ylabel="peak extra memory / floor (target 1.25)",
+             title=f"memory, {title}")
+    ax_t.set(xscale="log", yscale="log", xlabel="vocabulary V", ylabel="time / naive time (target 1)", title=f"time, {title}")
+    handles = [Line2D([], [], color=colors[m], lw=2, label={"torch": "torch chunked (falls back at eps > 0)"}.get(m, m))
+               for m in METHODS]
+    handles += [Line2D([], [], color="black", ls=ls, marker=marker, label=f"{dt}, eps = {eps}")
+                for (dt, eps), (ls, marker) in styles.items() if (dt, eps) in shown]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
