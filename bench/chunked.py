@@ -104,7 +104,7 @@ def torch_falls_back(h, w, y, eps: float) -> bool:
 
 def measure(tokens: int, hidden: int, vocab: int, device: torch.device, dtype: torch.dtype, eps: float,
             methods=METHODS, quick: bool = False) -> list[dict]:
-    """One size, dtype and eps: peak memory and agreement from each first call, then interleaved rounds if fast enough."""
+    """One size, dtype and eps: agreement from each first call, peak memory from the next ones, then timing (module docstring)."""
     h, w, y = _inputs(tokens, hidden, vocab, device, dtype)
     steps = {k: v for k, v in candidates(h, w, y, eps).items() if k in methods}
     peaks, first_s, outputs = {}, {}, {}
