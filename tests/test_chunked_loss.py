@@ -269,14 +269,19 @@ class _Ops(TorchDispatchMode):
         return out
 
 
+def _problem(n, h, v, seed):
+    """float32 ``h [n, h]`` and ``W [v, h]`` that require grad, and class-index targets."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, h, generator=gen, requires_grad=True)
+    w = torch.randn(v, h, generator=gen, requires_grad=True)
+    return x, w, torch.randint(0, v, (n,), generator=gen)
+
+
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 @pytest.mark.parametrize("tile", [(16, 500), (96, 64)])
 def test_never_builds_the_full_logits(eps, tile):
     n, h, v = 96, 8, 500
-    gen = torch.Generator().manual_seed(6)
-    x = torch.randn(n, h, generator=gen, requires_grad=True)
-    w = torch.randn(v, h, generator=gen, requires_grad=True)
-    y = torch.randint(0, v, (n,), generator=gen)
+    x, w, y = _problem(n, h, v, seed=6)
     with _Ops() as ours:
         linear_cross_entropy(x, w, y, label_smoothing=eps, tile=tile).backward()
     with _Ops() as naive:
@@ -294,10 +299,7 @@ def with_grad_forward_products(tile, n, v):
 def test_no_gradient_work_without_grad(tile):
     """Under torch.no_grad(), or when nothing requires grad, no [V, H] gradient is built (issue: evaluation built grad_W)."""
     n, h, v = 64, 16, 200
-    gen = torch.Generator().manual_seed(7)
-    x = torch.randn(n, h, generator=gen, requires_grad=True)
-    w = torch.randn(v, h, generator=gen, requires_grad=True)
-    y = torch.randint(0, v, (n,), generator=gen)
+    x, w, y = _problem(n, h, v, seed=7)
     with _Ops() as with_grad:
         loss = linear_cross_entropy(x, w, y, label_smoothing=0.1, tile=tile)
         loss.backward()
